@@ -1,0 +1,163 @@
+"""Sampling from a trained VAE and picturing the results.
+
+Every function returns images on the CPU as (N, C, 32, 32) floats in [0, 1].
+The figures are made with matplotlib's pyplot, which falls back to its
+non-interactive Agg backend when there is no display, so they work headless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+from vae.model import VAE
+from vae.utils import model_device
+
+
+def _check_latent_dim(vae: VAE, latent_dim: int) -> None:
+    if latent_dim != vae.latent_dim:
+        raise ValueError(f"latent_dim={latent_dim} does not match the model's latent_dim={vae.latent_dim}")
+
+
+@torch.inference_mode()
+def decode_latents(vae: VAE, z: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Decode codes (N, latent_dim) in large batches; returns (N, C, 32, 32) on the CPU."""
+    was_training = vae.training
+    vae.eval()
+    device = model_device(vae)
+    images = torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in z.split(batch_size)])
+    vae.train(was_training)
+    return images
+
+
+def generate_samples(
+    vae: VAE, num_samples: int, latent_dim: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Decode ``num_samples`` codes drawn from N(0, I): (num_samples, C, 32, 32) on the CPU."""
+    _check_latent_dim(vae, latent_dim)
+    z = torch.randn(num_samples, latent_dim, device=device or model_device(vae))
+    return decode_latents(vae, z)
+
+
+def latent_grid(grid_size: int = 10, z_range: tuple[float, float] = (-3.0, 3.0)) -> torch.Tensor:
+    """The grid_size² 2-D codes decoded by :func:`generate_grid`, (grid_size², 2), in row order.
+
+    Column j has z₁ = the j-th of ``grid_size`` evenly spaced values (left to
+    right, increasing); row i has z₂ decreasing from top to bottom, so the
+    picture reads like a plot with z₂ on the vertical axis.
+    """
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    low, high = z_range
+    values = torch.linspace(low, high, grid_size)
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)
+
+
+def generate_grid(
+    vae: VAE,
+    grid_size: int = 10,
+    z_range: tuple[float, float] = (-3.0, 3.0),
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Decode a grid_size×grid_size grid over a 2-D latent space: (grid_size², C, 32, 32), row order.
+
+    Raises:
+        ValueError: the model's latent space is not 2-D.
+    """
+    if vae.latent_dim != 2:
+        raise ValueError(f"generate_grid needs a model with latent_dim=2, this one has latent_dim={vae.latent_dim}")
+    z = latent_grid(grid_size, z_range)
+    return decode_latents(vae, z.to(device or model_device(vae)))
+
+
+def latent_path(z1: torch.Tensor, z2: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
+    """``num_steps`` evenly spaced codes from ``z1`` to ``z2``: (num_steps, latent_dim), on the CPU.
+
+    The first row is ``z1`` and the last ``z2``, bit for bit (weights 0 and 1).
+    """
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2 to include both end points, got {num_steps}")
+    z1, z2 = z1.reshape(1, -1).float().cpu(), z2.reshape(1, -1).float().cpu()
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same size, got {z1.shape[1]} and {z2.shape[1]}")
+    weights = torch.linspace(0.0, 1.0, num_steps).unsqueeze(1)
+    return (1 - weights) * z1 + weights * z2
+
+
+def interpolate_latent(vae: VAE, z1: torch.Tensor, z2: torch.Tensor, num_steps: int = 10) -> torch.Tensor:
+    """Decode ``num_steps`` codes on the straight line from ``z1`` to ``z2`` (both included).
+
+    z1, z2: (latent_dim,) or (1, latent_dim). Returns (num_steps, C, 32, 32) on
+    the CPU; the first image is decoded at exactly z1 and the last at exactly z2.
+    """
+    path = latent_path(z1, z2, num_steps)
+    _check_latent_dim(vae, path.shape[1])
+    return decode_latents(vae, path)
+
+
+def _image_figure(grid: torch.Tensor, figsize: tuple[float, float], title: str | None) -> Figure:
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: Figure, save_path: Path | str | None) -> None:
+    if save_path is not None:
+        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_path, dpi=100, bbox_inches="tight")
+
+
+def visualize_samples(
+    samples: torch.Tensor,
+    grid_shape: Sequence[int],
+    save_path: Path | str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Show ``samples`` (N, C, H, W) in a ``grid_shape = (rows, cols)`` mosaic; save a PNG when given a path."""
+    rows, cols = grid_shape
+    if len(samples) > rows * cols:
+        raise ValueError(f"{len(samples)} samples do not fit a {rows}×{cols} grid")
+    grid = make_grid(samples.detach().cpu().float(), nrow=cols, padding=2, pad_value=1.0)
+    fig = _image_figure(grid, (1.2 * cols, 1.2 * rows + (0.4 if title else 0)), title)
+    _save(fig, save_path)
+    return fig
+
+
+@torch.inference_mode()
+def reconstruct(vae: VAE, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Encode to the posterior mean and decode: (N, C, 32, 32) → (N, C, 32, 32) on the CPU."""
+    was_training = vae.training
+    vae.eval()
+    mu, _ = vae.encode(images.to(device or model_device(vae)))
+    out = vae.decode(mu).cpu()
+    vae.train(was_training)
+    return out
+
+
+def visualize_reconstruction(
+    vae: VAE,
+    images: torch.Tensor,
+    device: torch.device | str | None = None,
+    n: int = 10,
+    save_path: Path | str | None = None,
+) -> Figure:
+    """Originals (top row) over their reconstructions (bottom row) for the first ``n`` images.
+
+    Reconstructions decode the posterior mean, so the figure is deterministic.
+    """
+    originals = images[:n].detach().cpu().float()
+    recon = reconstruct(vae, originals, device)
+    grid = make_grid(torch.cat([originals, recon]), nrow=len(originals), padding=2, pad_value=1.0)
+    fig = _image_figure(grid, (1.2 * len(originals), 2.8), "originals (top) and reconstructions (bottom)")
+    _save(fig, save_path)
+    return fig

@@ -1,0 +1,220 @@
+"""Training loop and held-out evaluation for :class:`vae.model.VAE`.
+
+Batches may be image tensors (B, C, 32, 32) or ``(images, labels)`` pairs, as
+a ``DataLoader`` over a ``TensorDataset`` yields them. Images are floats in
+[0, 1] or uint8 in [0, 255] (converted on the device, so compact uint8 data can
+be shipped to a GPU as is).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sized
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from vae.loss import DEFAULT_BETA, VAELoss, vae_loss_from_logits, vae_loss_function
+from vae.model import VAE
+
+__all__ = [
+    "EpochCallback",
+    "LossBreakdown",
+    "NonFiniteLossError",
+    "evaluate_vae",
+    "train_vae_model",
+    "vae_loss_function",
+]
+
+LOSS_KEYS = ("loss", "reconstruction_loss", "kl_loss")
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class LossBreakdown(NamedTuple):
+    """Per-image averages over a data set: ``loss = beta * reconstruction_loss + kl_loss``."""
+
+    loss: float
+    reconstruction_loss: float
+    kl_loss: float
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {prefix + key: value for key, value in zip(LOSS_KEYS, self)}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf or NaN; the model's weights are no longer usable."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch = epoch
+        self.step = step
+        super().__init__(
+            f"training loss became non-finite (inf or NaN) at epoch {epoch}, step {step}; "
+            "lower the learning rate or beta, and check the input images are in [0, 1]"
+        )
+
+
+def batch_images(batch: torch.Tensor | tuple | list, device: torch.device) -> torch.Tensor:
+    """The images of a batch as floats in [0, 1] on ``device``: (B, C, H, W)."""
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def _progress(batches: Iterable, desc: str, enabled: bool) -> tqdm:
+    total = len(batches) if isinstance(batches, Sized) else None
+    return tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not enabled)
+
+
+def train_one_epoch(
+    model: VAE,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    beta: float = DEFAULT_BETA,
+    epoch: int = 1,
+    progress: bool = True,
+    desc: str | None = None,
+    refresh_every: int = 20,
+) -> LossBreakdown:
+    """One pass over ``batches``; returns the epoch's per-image average losses.
+
+    The losses are summed on the device and read back only every
+    ``refresh_every`` steps (to refresh the progress bar and check for
+    non-finite values), so a GPU is never stalled by a per-step sync.
+
+    Raises:
+        NonFiniteLossError: the loss became inf/NaN; names the epoch and step.
+    """
+    model.train()
+    sums = torch.zeros(3, device=device)
+    first_bad_step = torch.tensor(-1, device=device)
+    seen = 0
+    bar = _progress(batches, desc or f"epoch {epoch}", progress)
+
+    def check(step: int) -> None:
+        bad = int(first_bad_step)
+        if bad >= 0:
+            raise NonFiniteLossError(epoch, bad)
+        if seen:
+            loss, bce, kld = (sums / seen).tolist()
+            bar.set_postfix(loss=f"{loss:.2f}", bce=f"{bce:.4f}", kl=f"{kld:.2f}", refresh=False)
+
+    step = 0
+    try:
+        for step, batch in enumerate(bar, start=1):
+            x = batch_images(batch, device)
+            logits, mu, logvar = model.forward_logits(x)
+            terms = vae_loss_from_logits(logits, x, mu, logvar, beta)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+
+            detached = torch.stack(terms).detach()
+            first_bad_step = torch.where(
+                (first_bad_step < 0) & ~torch.isfinite(detached).all(),
+                torch.tensor(step, device=device),
+                first_bad_step,
+            )
+            sums += detached * x.shape[0]
+            seen += x.shape[0]
+            if step % refresh_every == 0:
+                check(step)
+        check(step)
+    finally:
+        bar.close()
+    if seen == 0:
+        raise ValueError("the training data yielded no batches")
+    return LossBreakdown(*(sums / seen).tolist())
+
+
+@torch.inference_mode()
+def evaluate_vae(
+    model: VAE,
+    loader: Iterable,
+    device: torch.device,
+    beta: float = DEFAULT_BETA,
+) -> LossBreakdown:
+    """Per-image average ``(loss, reconstruction_loss, kl_loss)`` on held-out data, without gradients.
+
+    The latent code is sampled as in training, so the numbers are comparable
+    with the training losses.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=device)
+    seen = 0
+    for batch in loader:
+        x = batch_images(batch, device)
+        reconstruction, mu, logvar = model(x)
+        terms: VAELoss = vae_loss_function(reconstruction, x, mu, logvar, beta)
+        sums += torch.stack(terms) * x.shape[0]
+        seen += x.shape[0]
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("the evaluation data yielded no batches")
+    return LossBreakdown(*(sums / seen).tolist())
+
+
+def train_vae_model(
+    model: VAE,
+    train_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epochs: int = 10,
+    beta: float = DEFAULT_BETA,
+    val_loader: Iterable | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+    start_epoch: int = 1,
+) -> dict[str, list[float]]:
+    """Train ``model`` for ``epochs`` passes over ``train_loader``.
+
+    Args:
+        model: the VAE, already on ``device``.
+        train_loader: iterable of batches (see the module docstring); re-iterated each epoch.
+        optimizer: optimizer over ``model``'s parameters.
+        device: where the batches are moved to.
+        epochs: number of the last epoch to train (epochs are numbered from 1).
+        beta: weight of the reconstruction term (not of KL, unlike the β-VAE paper).
+        val_loader: optional held-out batches, evaluated after every epoch.
+        on_epoch_end: called as ``on_epoch_end(epoch, metrics)`` after every epoch,
+            with ``metrics`` the epoch's ``loss``, ``reconstruction_loss``,
+            ``kl_loss`` and, with a ``val_loader``, the same with a ``val_`` prefix.
+        progress: show a tqdm bar per epoch with the running losses.
+        start_epoch: first epoch to train, to continue an interrupted run.
+
+    Returns:
+        History: a list of per-epoch values under each key of ``metrics``.
+
+    Raises:
+        NonFiniteLossError: the loss became inf/NaN (the error names epoch and step).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    history: dict[str, list[float]] = {}
+    for epoch in range(start_epoch, epochs + 1):
+        train = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            device,
+            beta,
+            epoch,
+            progress,
+            desc=f"epoch {epoch}/{epochs}",
+        )
+        metrics = train.as_dict()
+        if val_loader is not None:
+            metrics.update(evaluate_vae(model, val_loader, device, beta).as_dict("val_"))
+        for key, value in metrics.items():
+            history.setdefault(key, []).append(value)
+        if progress:
+            tqdm.write(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return history
