@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from vae.model import VAE
-from vae.utils import model_device
+from vae.utils import batch_images, model_device
 
 
 def _check_latent_dim(vae: VAE, latent_dim: int) -> None:
@@ -33,6 +33,29 @@ def decode_latents(vae: VAE, z: torch.Tensor, batch_size: int = 4096) -> torch.T
     images = torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in z.split(batch_size)])
     vae.train(was_training)
     return images
+
+
+@torch.inference_mode()
+def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Posterior means (N, latent_dim) on the CPU of images (N, C, 32, 32), float in [0, 1] or uint8."""
+    was_training = vae.training
+    vae.eval()
+    device = model_device(vae)
+    means = torch.cat([vae.encode(batch_images(chunk, device))[0].cpu() for chunk in images.split(batch_size)])
+    vae.train(was_training)
+    return means
+
+
+def pick_different_classes(labels: torch.Tensor) -> tuple[int, int]:
+    """Indices of the first image and of the first image of another class after it.
+
+    Raises:
+        ValueError: every label is the same.
+    """
+    others = torch.nonzero(labels != labels[0]).flatten()
+    if len(others) == 0:
+        raise ValueError("interpolation needs two images of different classes, but all labels are equal")
+    return 0, int(others[0])
 
 
 def generate_samples(

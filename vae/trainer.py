@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from vae.loss import DEFAULT_BETA, VAELoss, vae_loss_from_logits, vae_loss_function
 from vae.model import VAE
+from vae.utils import batch_images
 
 __all__ = [
     "EpochCallback",
@@ -54,18 +55,11 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-def batch_images(batch: torch.Tensor | tuple | list, device: torch.device) -> torch.Tensor:
-    """The images of a batch as floats in [0, 1] on ``device``: (B, C, H, W)."""
-    images = batch[0] if isinstance(batch, (tuple, list)) else batch
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
-
-
-def _progress(batches: Iterable, desc: str, enabled: bool) -> tqdm:
+def _progress(batches: Iterable, desc: str, enabled: bool | None) -> tqdm:
     total = len(batches) if isinstance(batches, Sized) else None
-    return tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not enabled)
+    return tqdm(
+        batches, total=total, desc=desc, unit="batch", leave=False, disable=None if enabled is None else not enabled
+    )
 
 
 def train_one_epoch(
@@ -75,7 +69,7 @@ def train_one_epoch(
     device: torch.device,
     beta: float = DEFAULT_BETA,
     epoch: int = 1,
-    progress: bool = True,
+    progress: bool | None = True,
     desc: str | None = None,
     refresh_every: int = 20,
 ) -> LossBreakdown:
@@ -167,8 +161,9 @@ def train_vae_model(
     beta: float = DEFAULT_BETA,
     val_loader: Iterable | None = None,
     on_epoch_end: EpochCallback | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     start_epoch: int = 1,
+    val_prefix: str = "val_",
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
@@ -182,9 +177,10 @@ def train_vae_model(
         val_loader: optional held-out batches, evaluated after every epoch.
         on_epoch_end: called as ``on_epoch_end(epoch, metrics)`` after every epoch,
             with ``metrics`` the epoch's ``loss``, ``reconstruction_loss``,
-            ``kl_loss`` and, with a ``val_loader``, the same with a ``val_`` prefix.
-        progress: show a tqdm bar per epoch with the running losses.
+            ``kl_loss`` and, with a ``val_loader``, the same with ``val_prefix``.
+        progress: show a tqdm bar per epoch with the running losses (None: only on a terminal).
         start_epoch: first epoch to train, to continue an interrupted run.
+        val_prefix: prefix of the held-out metrics' keys ("val_"; the pipeline uses "test_").
 
     Returns:
         History: a list of per-epoch values under each key of ``metrics``.
@@ -210,10 +206,10 @@ def train_vae_model(
         )
         metrics = train.as_dict()
         if val_loader is not None:
-            metrics.update(evaluate_vae(model, val_loader, device, beta).as_dict("val_"))
+            metrics.update(evaluate_vae(model, val_loader, device, beta).as_dict(val_prefix))
         for key, value in metrics.items():
             history.setdefault(key, []).append(value)
-        if progress:
+        if progress is not False:
             tqdm.write(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)

@@ -23,3 +23,12 @@ def set_seed(seed: int) -> None:
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device holding the model's parameters."""
     return next(model.parameters()).device
+
+
+def batch_images(batch: torch.Tensor | tuple | list, device: torch.device) -> torch.Tensor:
+    """The images of a batch as floats in [0, 1] on ``device``: (B, C, H, W)."""
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()

@@ -1,0 +1,73 @@
+"""Stage 4: samples from the prior, the 2-D latent grid and an interpolation, logged into the same MLflow run."""
+
+import math
+
+import mlflow
+
+from vae import paths
+from vae.config import load_params
+from vae.data import CLASS_NAMES
+from vae.generator import (
+    encode_means,
+    generate_grid,
+    generate_samples,
+    interpolate_latent,
+    pick_different_classes,
+    visualize_samples,
+)
+from vae.stage import resume_run, run_stage
+from vae.storage import load_model, load_prepared
+from vae.tracking import read_run_id
+from vae.utils import get_device, set_seed
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS)
+    gen = params.generate
+    device = get_device()
+    model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
+    test = load_prepared(paths.PREPARED_TEST)
+    run_id = read_run_id(paths.RUN_ID)
+    set_seed(gen.seed)
+    out = paths.GENERATE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+
+    samples = generate_samples(model, gen.num_samples, params.latent_dim, device)
+    rows = math.ceil(gen.num_samples / gen.samples_per_row)
+    visualize_samples(
+        samples,
+        (rows, gen.samples_per_row),
+        out / "vae_generated_samples.png",
+        title=f"{gen.num_samples} samples from N(0, I)",
+    )
+
+    if params.latent_dim == 2:
+        grid = generate_grid(model, gen.grid_size, gen.grid_range, device)
+        low, high = gen.grid_range
+        visualize_samples(
+            grid,
+            (gen.grid_size, gen.grid_size),
+            out / "vae_latent_grid.png",
+            title=f"decoded latent grid, z1 and z2 in [{low:g}, {high:g}]",
+        )
+    else:
+        print(f"generate: latent_dim={params.latent_dim}, so no latent grid (it needs a 2-D latent space)")
+
+    first, second = pick_different_classes(test.labels)
+    means = encode_means(model, test.images[[first, second]])
+    path = interpolate_latent(model, means[0], means[1], gen.interpolation_steps)
+    visualize_samples(
+        path,
+        (1, gen.interpolation_steps),
+        out / "vae_interpolation.png",
+        title=f"test image {first} ({CLASS_NAMES[test.labels[first]]}) → "
+        f"test image {second} ({CLASS_NAMES[test.labels[second]]})",
+    )
+    print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}")
+
+    with resume_run(run_id):
+        mlflow.log_artifacts(str(out), artifact_path="generate")
+
+
+if __name__ == "__main__":
+    run_stage("generate", main)

@@ -1,0 +1,96 @@
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae.data import DataError, FashionMNISTSplit
+from vae.model import VAE
+from vae.storage import CheckpointError, load_model, load_prepared, save_model, save_prepared
+
+
+def split(n: int = 6) -> FashionMNISTSplit:
+    return FashionMNISTSplit(torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8), torch.arange(n) % 10)
+
+
+def test_prepared_round_trip(tmp_path: Path) -> None:
+    original = split()
+    save_prepared(original, tmp_path / "train.pt")
+    loaded = load_prepared(tmp_path / "train.pt")
+    assert torch.equal(loaded.images, original.images) and torch.equal(loaded.labels, original.labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"images": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(4, dtype=torch.int64)},
+            r"images must be uint8 of shape \(N, 1, 32, 32\)",
+        ),
+        ({"images": torch.zeros(4, 1, 32, 32), "labels": torch.zeros(4, dtype=torch.int64)}, "must be uint8"),
+        (
+            {"images": torch.zeros(4, 1, 32, 32, dtype=torch.uint8), "labels": torch.zeros(3, dtype=torch.int64)},
+            "labels for 4 images",
+        ),
+        ([1, 2, 3], "must hold 'images' and 'labels'"),
+    ],
+)
+def test_prepared_wrong_content_names_the_file(tmp_path: Path, content, message: str) -> None:
+    torch.save(content, tmp_path / "test.pt")
+    with pytest.raises(DataError, match=rf"test.pt: .*{message}"):
+        load_prepared(tmp_path / "test.pt")
+
+
+def test_prepared_corrupt_and_missing(tmp_path: Path) -> None:
+    save_prepared(split(), tmp_path / "train.pt")
+    data = (tmp_path / "train.pt").read_bytes()
+    (tmp_path / "train.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"train.pt: not a readable prepared data file"):
+        load_prepared(tmp_path / "train.pt")
+    with pytest.raises(DataError, match=r"absent.pt: prepared data file .*not found"):
+        load_prepared(tmp_path / "absent.pt")
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = VAE(latent_dim=4)
+    save_model(model, tmp_path / "m.pth")
+    loaded, blob = load_model(tmp_path / "m.pth", expected_latent_dim=4)
+    assert blob["config"] == {"latent_dim": 4, "input_channels": 1}
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(loaded.encode(x), model.eval().encode(x))
+
+
+def test_checkpoint_for_another_latent_dim(tmp_path: Path) -> None:
+    save_model(VAE(latent_dim=2), tmp_path / "m.pth")
+    with pytest.raises(
+        CheckpointError, match=r"m.pth: model was built for latent_dim=2, params.yaml asks for latent_dim=8"
+    ):
+        load_model(tmp_path / "m.pth", expected_latent_dim=8)
+
+
+def test_not_a_checkpoint_and_truncated(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: not a model checkpoint"):
+        load_model(tmp_path / "other.pth")
+    save_model(VAE(), tmp_path / "m.pth")
+    data = (tmp_path / "m.pth").read_bytes()
+    (tmp_path / "m.pth").write_bytes(data[:1000])
+    with pytest.raises(CheckpointError, match=r"m.pth: not a readable model checkpoint"):
+        load_model(tmp_path / "m.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"text.pth"):
+        load_model(tmp_path / "text.pth")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with (tmp_path / "evil.pth").open("wb") as f:
+        pickle.dump({"config": {}, "state_dict": Exploit()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match=r"evil.pth"):
+        load_model(tmp_path / "evil.pth")
+    assert "code ran" not in capsys.readouterr().out

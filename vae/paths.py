@@ -1,0 +1,17 @@
+"""Where the pipeline's stages read and write, relative to the project root (dvc.yaml names the same paths)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PREPARED_DIR = Path("data") / "prepared"
+PREPARED_TRAIN = PREPARED_DIR / "train.pt"
+PREPARED_TEST = PREPARED_DIR / "test.pt"
+MODEL = Path("models") / "vae_fashion_mnist.pth"
+METRICS_DIR = Path("metrics")
+TRAIN_METRICS = METRICS_DIR / "train.json"
+TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+OUTPUTS = Path("outputs")
+RUN_ID = OUTPUTS / "mlflow_run_id.txt"
+EVALUATE_DIR = OUTPUTS / "evaluate"
+GENERATE_DIR = OUTPUTS / "generate"

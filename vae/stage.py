@@ -1,0 +1,63 @@
+"""What every stage script shares: one-line errors for user mistakes, result files, the shared MLflow run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from vae.config import ParamsError
+from vae.data import DataError
+from vae.storage import CheckpointError, atomic_write
+from vae.trainer import NonFiniteLossError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ParamsError,
+    DataError,
+    CheckpointError,
+    NonFiniteLossError,
+    FileNotFoundError,
+)
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; a user mistake ends it with one line on stderr and exit status 1."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def write_json(data: Mapping[str, float], path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(dict(data), indent=2) + "\n"))
+
+
+def write_history_csv(history: Mapping[str, Sequence[float]], path: Path) -> None:
+    """One row per epoch (numbered from 1) and one column per metric: what ``dvc plots`` draws."""
+    keys = list(history)
+    epochs = len(history[keys[0]]) if keys else 0
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", *keys])
+            for i in range(epochs):
+                writer.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
+
+    atomic_write(path, write)
+
+
+@contextmanager
+def resume_run(run_id: str) -> Iterator[object]:
+    """Reopen the train stage's MLflow run so evaluate and generate log into the same run."""
+    import mlflow
+
+    from vae.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run

@@ -1,0 +1,123 @@
+"""Files the pipeline writes and reads back: prepared data sets and model checkpoints.
+
+Everything is written atomically (a temporary file in the same folder, then a
+rename), so an interrupted write never leaves a half-written file behind, and
+read with ``torch.load(weights_only=True)``, which never unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae.data import CLASS_NAMES, DataError, FashionMNISTSplit
+from vae.model import IMAGE_SIZE, VAE
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used; the message names the file."""
+
+
+def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _torch_load(path: Path, error: type[ValueError], what: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except Exception as err:  # torch.load raises many types (UnpicklingError, KeyError, RuntimeError…)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(
+            f"{path}: not a readable {what} (truncated, corrupt or not saved by this project: {first_line[:200]})"
+        ) from None
+
+
+# --- prepared data sets -------------------------------------------------------------------------
+
+
+def save_prepared(split: FashionMNISTSplit, path: Path | str) -> None:
+    """Save uint8 images (N, 1, 32, 32) and int64 labels (N,) as one tensor file."""
+    if split.images.dtype != torch.uint8:
+        raise TypeError(f"prepared images must be uint8, got {split.images.dtype}")
+    atomic_torch_save({"images": split.images.contiguous(), "labels": split.labels.contiguous()}, path)
+
+
+def load_prepared(path: Path | str) -> FashionMNISTSplit:
+    """Load a file written by :func:`save_prepared`: uint8 images (N, 1, 32, 32), int64 labels (N,).
+
+    Raises:
+        DataError: missing, corrupt, or tensors of the wrong shape/dtype; names the file.
+    """
+    path = Path(path)
+    blob = _torch_load(path, DataError, "prepared data file (run the prepare stage: dvc repro prepare)")
+    images = blob.get("images") if isinstance(blob, dict) else None
+    labels = blob.get("labels") if isinstance(blob, dict) else None
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DataError(f"{path}: prepared data file must hold 'images' and 'labels' tensors")
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(
+            f"{path}: images must be uint8 of shape (N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}), "
+            f"got {images.dtype} {tuple(images.shape)}"
+        )
+    if labels.dim() != 1 or len(labels) != len(images) or len(images) == 0:
+        raise DataError(f"{path}: {tuple(labels.shape)} labels for {len(images)} images")
+    if labels.dtype != torch.int64 or int(labels.min()) < 0 or int(labels.max()) >= len(CLASS_NAMES):
+        raise DataError(f"{path}: labels must be int64 class indices 0..{len(CLASS_NAMES) - 1}")
+    return FashionMNISTSplit(images, labels)
+
+
+# --- model checkpoints --------------------------------------------------------------------------
+
+
+def save_model(model: VAE, path: Path | str, **extra: Any) -> None:
+    """Save the state dict and the config needed to rebuild the model (plus ``extra`` entries)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"config": model.config, "state_dict": state, **extra}, path)
+
+
+def load_model(
+    path: Path | str, device: torch.device | str = "cpu", expected_latent_dim: int | None = None
+) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the model saved by :func:`save_model`; returns ``(model in eval mode, whole checkpoint)``.
+
+    Raises:
+        CheckpointError: not a checkpoint, truncated, or built for another
+            ``latent_dim`` than ``expected_latent_dim``; names the file.
+    """
+    path = Path(path)
+    blob = _torch_load(path, CheckpointError, "model checkpoint")
+    if not isinstance(blob, dict) or not isinstance(blob.get("config"), dict) or "state_dict" not in blob:
+        raise CheckpointError(f"{path}: not a model checkpoint of this project (no 'config' and 'state_dict')")
+    config = blob["config"]
+    if expected_latent_dim is not None and config.get("latent_dim") != expected_latent_dim:
+        raise CheckpointError(
+            f"{path}: model was built for latent_dim={config.get('latent_dim')}, "
+            f"params.yaml asks for latent_dim={expected_latent_dim}; retrain it (dvc repro)"
+        )
+    try:
+        model = VAE(**config)
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), blob

@@ -1,0 +1,119 @@
+"""MLflow tracking for the pipeline: one run per pipeline execution, shared by its stages.
+
+The store defaults to ``sqlite:///<project root>/mlflow.db`` — the same file a
+plain ``mlflow ui`` opens from the project root — and ``MLFLOW_TRACKING_URI``
+overrides it. The project root is ``DVC_ROOT`` when DVC runs the stage: for
+``dvc exp run --temp`` and queued experiments DVC points it at the original
+repository rather than the temporary copy, so their runs land in the project's
+store and survive the copy's deletion. Artifacts go to ``<root>/mlruns``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from vae.model import VAE
+from vae.paths import RUN_ID as RUN_ID_FILE
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlruns"
+
+
+def project_root() -> Path:
+    """The repository whose store the runs belong to: ``DVC_ROOT`` when set, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project root's ``mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_FILE}"
+
+
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def setup_experiment(experiment_name: str) -> str:
+    """Point MLflow at :func:`tracking_uri` and select (creating if needed) the experiment; returns its id."""
+    import mlflow
+
+    # A server picks its own artifact store; the local default keeps artifacts beside
+    # the database, at an absolute path, so runs from a temporary copy stay there.
+    own_store = not os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())  # also exports MLFLOW_TRACKING_URI
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = (project_root() / ARTIFACTS_DIR).as_uri() if own_store else None
+        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def run_name(beta: float, latent_dim: int) -> str:
+    """A recognisable run name: the DVC experiment's name when there is one, and the key params."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{exp + ' ' if exp else ''}beta={beta:g} latent={latent_dim}"
+
+
+def run_tags(device: object) -> dict[str, str]:
+    """Tags that say where a run came from: device, git commit, DVC experiment name."""
+    tags = {"device": str(device), "git_commit": git_commit() or "unknown"}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
+    """Log the generative model with MLflow's PyTorch flavour, plus the whole VAE's checkpoint.
+
+    The MLflow model is the decoder, z → image: ``mlflow.pytorch.load_model``
+    gives a module that maps a latent batch (N, latent_dim) to images
+    (N, 1, 32, 32) in [0, 1], and
+    ``mlflow.pyfunc`` serves it as is (the signature and input example say so).
+    MLflow saves it as an exported graph (``torch.export``), so loading needs
+    no install of this project. The whole VAE, encoder included, is the
+    checkpoint logged under ``checkpoint/`` (rebuild it with
+    :func:`vae.storage.load_model`).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    decoder = model.decoder.eval()
+    example = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        output = decoder(example.to(next(decoder.parameters()).device)).cpu()
+    mlflow.pytorch.log_model(
+        decoder,
+        name=name,
+        signature=infer_signature(example.numpy(), output.numpy()),
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
+    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+
+
+def write_run_id(run_id: str, path: Path = RUN_ID_FILE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+
+
+def read_run_id(path: Path = RUN_ID_FILE) -> str:
+    """The run started by the train stage, for evaluate and generate to log into."""
+    try:
+        run_id = path.read_text().strip()
+    except OSError:
+        raise FileNotFoundError(f"{path}: no MLflow run id; run the train stage first (dvc repro train)") from None
+    if not run_id:
+        raise ValueError(f"{path}: empty MLflow run id; rerun the train stage (dvc repro train)")
+    return run_id
