@@ -1,7 +1,6 @@
 """Stage 2: train the VAE, evaluating on the test set after every epoch, and log it all to MLflow."""
 
 import mlflow
-import torch
 
 from vae import paths
 from vae.batches import TensorBatches
@@ -10,7 +9,7 @@ from vae.model import VAE
 from vae.stage import run_stage, write_history_csv, write_json
 from vae.storage import load_prepared, save_model
 from vae.tracking import log_model, run_name, run_tags, setup_experiment, write_run_id
-from vae.trainer import train_vae_model
+from vae.trainer import configure_performance, make_optimizer, train_vae_model
 from vae.utils import get_device, set_seed
 
 
@@ -24,8 +23,8 @@ def main() -> None:
         )
     set_seed(params.train.seed)
     device = get_device()
-    model = VAE(latent_dim=params.latent_dim, input_channels=1).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.train.lr)
+    model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
+    optimizer = make_optimizer(model, params.train.lr)
     train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
     test_batches = TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device)
 

@@ -55,6 +55,48 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+def configure_performance(device: torch.device, model: VAE | None = None) -> VAE | None:
+    """Speed settings that leave the results unchanged (up to float rounding); returns ``model``.
+
+    - every device: the model's weights in channels-last layout, which lets
+      oneDNN (CPU) and cuDNN use their faster NHWC kernels. Single-channel
+      images are laid out the same in both formats, so inputs need no conversion.
+    - CUDA: ``cudnn.benchmark`` picks the fastest convolution algorithms for the
+      fixed 32×32 input size.
+    - CPU: glibc's allocator is told to keep freed memory instead of handing
+      it back to the OS after every step; otherwise each step's activations are
+      mapped afresh and page-faulted in (about 5× more page faults, 10–20% slower).
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        _keep_freed_memory()
+    if model is not None:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters, in PyTorch's fused implementation (one kernel per
+    tensor instead of a dozen; the same updates up to float rounding)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def _keep_freed_memory() -> None:
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, "mallopt"):  # not glibc (musl, macOS): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # serve blocks up to 32 MiB from the reusable heap
+    libc.mallopt(m_trim_threshold, 512 * 2**20)  # return memory to the OS only above 512 MiB free
+
+
 def _progress(batches: Iterable, desc: str, enabled: bool | None) -> tqdm:
     total = len(batches) if isinstance(batches, Sized) else None
     return tqdm(
