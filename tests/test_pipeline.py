@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -80,13 +81,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
-    """A git + DVC repository copied from this one, with tiny params, after `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
+def new_project(root: Path, env: dict[str, str], epochs: int = 1) -> Path:
+    """A git + DVC repository copied from this one, with tiny params, committed."""
     copy_repo(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params.update(epochs=1)
+    params.update(epochs=epochs)
     params["data"].update(train_limit=300, test_limit=200)
     params["train"].update(batch_size=64)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -98,6 +97,13 @@ def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Pa
         ["git", "commit", "-qm", "tiny params"],
     ):
         run(cmd, root, env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
+    """A tiny copy of this repository after `dvc repro`."""
+    root = new_project(tmp_path_factory.mktemp("project"), env)
     run(["dvc", "repro"], root, env)
     return root
 
@@ -256,3 +262,29 @@ def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[s
     assert len(queued) == 1 and queued[0].info.status == "FINISHED"
     artifact_dir = Path(queued[0].info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
+
+
+def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> None:
+    """Four queued experiments on two workers, starting from no mlflow.db at all."""
+    root = new_project(tmp_path / "parallel", env, epochs=2)
+    betas = ["1.0", "10.0", "100.0", "500.0"]
+    for beta in betas:
+        run(["dvc", "exp", "run", "--queue", "--set-param", f"beta={beta}"], root, env)
+    run(["dvc", "queue", "start", "--jobs", "2"], root, env)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root, env)):
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 4, status
+
+    runs, client = mlflow_runs(root)
+    assert sorted(r.data.params["beta"] for r in runs) == sorted(betas)  # exactly four: none lost, none twice
+    for run_ in runs:
+        assert run_.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_.info.run_id, "test_loss")] == [1, 2]
+        logged = {
+            a.path for folder in ("evaluate", "generate") for a in client.list_artifacts(run_.info.run_id, folder)
+        }
+        assert set(IMAGES) <= logged
+        assert client.list_artifacts(run_.info.run_id, "checkpoint")
+    assert len(client.search_logged_models([runs[0].info.experiment_id])) == 4

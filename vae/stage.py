@@ -12,6 +12,7 @@ from pathlib import Path
 from vae.config import ParamsError
 from vae.data import DataError
 from vae.storage import CheckpointError, atomic_write
+from vae.tracking import TrackingError
 from vae.trainer import NonFiniteLossError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -20,6 +21,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     NonFiniteLossError,
     FileNotFoundError,
+    TrackingError,
 )
 
 

@@ -10,8 +10,12 @@ store and survive the copy's deletion. Artifacts go to ``<root>/mlruns``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +37,43 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_FILE}"
 
 
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used; the message names the URI."""
+
+
+def check_tracking_store(uri: str | None = None, timeout: float = 5.0) -> str:
+    """Fail fast, before any training, when the tracking store is out of reach; returns the URI.
+
+    An http(s) server must answer MLflow's health check within ``timeout``
+    seconds (MLflow's own client would retry for minutes); a local SQLite
+    database needs a folder it can write to.
+
+    Raises:
+        TrackingError: names the URI and what failed.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    uri = uri or tracking_uri()
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default store"
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as err:
+            raise TrackingError(f"MLflow tracking server {uri} (from {source}) answered HTTP {err.code}") from None
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"cannot reach MLflow tracking server {uri} (from {source}): {reason}") from None
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {uri} (from {source}): folder {folder} is missing or not writable")
+    return uri
+
+
 def git_commit() -> str | None:
     """The commit checked out in the working directory, or None outside git."""
     try:
@@ -42,6 +83,28 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+@contextmanager
+def sqlite_init_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` while a SQLite store is opened.
+
+    The first process to open a new database creates and migrates its tables;
+    two experiments doing so at once (``dvc queue start -j 2``) collide with
+    "duplicate column" or "table already exists" errors, and two may both
+    create the same experiment. Later writes need no lock: MLflow gives SQLite
+    a 20 s busy timeout. Other stores are used without a lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup_experiment(experiment_name: str) -> str:
     """Point MLflow at :func:`tracking_uri` and select (creating if needed) the experiment; returns its id."""
     import mlflow
@@ -49,13 +112,15 @@ def setup_experiment(experiment_name: str) -> str:
     # A server picks its own artifact store; the local default keeps artifacts beside
     # the database, at an absolute path, so runs from a temporary copy stay there.
     own_store = not os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri())  # also exports MLFLOW_TRACKING_URI
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = (project_root() / ARTIFACTS_DIR).as_uri() if own_store else None
-        experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI
+    with sqlite_init_lock(uri):
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = (project_root() / ARTIFACTS_DIR).as_uri() if own_store else None
+            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -93,13 +158,16 @@ def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
     example = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         output = decoder(example.to(next(decoder.parameters()).device)).cpu()
-    mlflow.pytorch.log_model(
-        decoder,
-        name=name,
-        signature=infer_signature(example.numpy(), output.numpy()),
-        input_example=example.numpy(),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-    )
+    with warnings.catch_warnings():
+        # torch.export's archive writer warns about every weight of a model saved from the CPU
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        mlflow.pytorch.log_model(
+            decoder,
+            name=name,
+            signature=infer_signature(example.numpy(), output.numpy()),
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
     mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
 
 

@@ -206,6 +206,7 @@ def train_vae_model(
     progress: bool | None = True,
     start_epoch: int = 1,
     val_prefix: str = "val_",
+    history: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
@@ -223,6 +224,7 @@ def train_vae_model(
         progress: show a tqdm bar per epoch with the running losses (None: only on a terminal).
         start_epoch: first epoch to train, to continue an interrupted run.
         val_prefix: prefix of the held-out metrics' keys ("val_"; the pipeline uses "test_").
+        history: the earlier epochs' history, extended in place (to continue a run).
 
     Returns:
         History: a list of per-epoch values under each key of ``metrics``.
@@ -234,7 +236,7 @@ def train_vae_model(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not math.isfinite(beta) or beta < 0:
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-    history: dict[str, list[float]] = {}
+    history = {} if history is None else history
     for epoch in range(start_epoch, epochs + 1):
         train = train_one_epoch(
             model,

@@ -1,0 +1,81 @@
+"""Resumable training: a checkpoint of everything training needs, written atomically after every epoch.
+
+The state holds the model and optimizer, the random generators (PyTorch's
+global CPU/CUDA ones, which draw the reparameterisation noise, and the batch
+shuffler's), the finished epoch, the history so far and the MLflow run id. A
+run started again with the same inputs picks up after the last finished epoch
+and ends with the same numbers as an uninterrupted run; a run with other
+inputs (any train param, the data) starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae.storage import atomic_torch_save
+
+STATE_FILE = Path("checkpoints") / "train_state.pt"
+
+
+@dataclass
+class TrainState:
+    fingerprint: str
+    epoch: int  # the last finished epoch (1-based)
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    history: dict[str, list[float]]
+    run_id: str
+
+
+def fingerprint(settings: dict[str, Any], files: list[Path]) -> str:
+    """A digest of the settings and the bytes of ``files``: equal digests mean the same training run."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state(shuffler: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], shuffler: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffler.set_state(state["shuffler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(state: TrainState, path: Path = STATE_FILE) -> None:
+    """Write the state atomically: a kill at any moment leaves the previous state or the new one."""
+    atomic_torch_save(state.__dict__, path)
+
+
+def load_state(expected_fingerprint: str, path: Path = STATE_FILE) -> tuple[TrainState | None, str]:
+    """The saved state when it belongs to this run, else None; plus a line saying which and why."""
+    if not path.exists():
+        return None, "starting from epoch 1"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state = TrainState(**blob)
+    except Exception as err:  # unreadable: training from scratch loses nothing that was finished
+        return None, f"ignoring unreadable {path} ({type(err).__name__}); starting from epoch 1"
+    if state.fingerprint != expected_fingerprint:
+        return None, f"{path} is from a run with other params or data; starting from epoch 1"
+    return state, f"resuming after epoch {state.epoch} from {path}"
+
+
+def clear_state(path: Path = STATE_FILE) -> None:
+    path.unlink(missing_ok=True)

@@ -1,0 +1,127 @@
+"""The train stage's work: a resumable, MLflow-tracked training run driven by :class:`vae.config.Params`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import torch
+
+from vae import paths
+from vae.batches import TensorBatches
+from vae.config import Params, ParamsError
+from vae.data import FashionMNISTSplit
+from vae.model import VAE
+from vae.resume import (
+    STATE_FILE,
+    TrainState,
+    clear_state,
+    fingerprint,
+    load_state,
+    restore_rng,
+    rng_state,
+    save_state,
+)
+from vae.stage import write_history_csv, write_json
+from vae.storage import save_model
+from vae.tracking import check_tracking_store, log_model, run_name, run_tags, setup_experiment, write_run_id
+from vae.trainer import configure_performance, make_optimizer, train_vae_model
+from vae.utils import set_seed
+
+# What a training run depends on: a change to any of these makes a saved state belong to another run.
+TRAIN_KEYS = ("beta", "latent_dim", "epochs", "train", "evaluate.batch_size", "mlflow.experiment_name")
+
+
+def _settings(params: Params) -> dict:
+    flat = params.flat()
+    return {k: v for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in TRAIN_KEYS)}
+
+
+def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
+    """Log the epochs a killed run finished but had not yet logged (the state is saved first)."""
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+    for index in range(len(history.get("loss", []))):
+        if index + 1 not in logged:
+            mlflow.log_metrics({key: values[index] for key, values in history.items()}, step=index + 1)
+
+
+def train_pipeline(
+    params: Params,
+    train: FashionMNISTSplit,
+    test: FashionMNISTSplit,
+    device: torch.device,
+    prepared_files: list[Path],
+    state_file: Path = STATE_FILE,
+) -> dict[str, list[float]]:
+    """Train (or continue training) as params say, log to MLflow, write the model and metrics files.
+
+    A checkpoint is written atomically after every epoch; see :mod:`vae.resume`.
+    """
+    if params.train.batch_size > len(train):
+        raise ParamsError(
+            f"{paths.PARAMS}: train.batch_size = {params.train.batch_size} is larger than the "
+            f"{len(train)} training images (lower it or raise data.train_limit)"
+        )
+    check_tracking_store()  # before any work: an unreachable server fails in seconds
+    set_seed(params.train.seed)
+    model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
+    optimizer = make_optimizer(model, params.train.lr)
+    train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
+    test_batches = TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device)
+
+    run_fingerprint = fingerprint(_settings(params), prepared_files)
+    state, note = load_state(run_fingerprint, state_file)
+    print(f"train: {note}")
+    history: dict[str, list[float]] = {}
+    start_epoch, run_id = 1, None
+    if state is not None:
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        restore_rng(state.rng, train_batches.generator)
+        history, start_epoch, run_id = state.history, state.epoch + 1, state.run_id
+
+    setup_experiment(params.mlflow.experiment_name)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name(params.beta, params.latent_dim)) as run:
+        if run_id is None:
+            mlflow.log_params(params.flat())
+            mlflow.set_tags(run_tags(device) | {"train_images": len(train), "test_images": len(test)})
+        else:
+            _log_missing_epochs(run_id, history)
+        print(f"train: {len(train)} images on {device}, MLflow run {run.info.run_id}")
+
+        def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            save_state(
+                TrainState(
+                    run_fingerprint,
+                    epoch,
+                    model.state_dict(),
+                    optimizer.state_dict(),
+                    rng_state(train_batches.generator),
+                    history,
+                    run.info.run_id,
+                ),
+                state_file,
+            )
+            mlflow.log_metrics(metrics, step=epoch)
+
+        train_vae_model(
+            model,
+            train_batches,
+            optimizer,
+            device,
+            epochs=params.epochs,
+            beta=params.beta,
+            val_loader=test_batches,
+            val_prefix="test_",
+            progress=None,
+            start_epoch=start_epoch,
+            history=history,
+            on_epoch_end=end_of_epoch,
+        )
+        save_model(model, paths.MODEL)
+        write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
+        write_history_csv(history, paths.TRAIN_HISTORY)
+        log_model(model, paths.MODEL)
+        write_run_id(run.info.run_id, paths.RUN_ID)
+    clear_state(state_file)  # finished: a later run with the same inputs trains afresh
+    return history
