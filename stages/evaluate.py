@@ -1,17 +1,17 @@
-"""Stage 3: test-set losses, reconstructions and the latent space, logged into the train stage's MLflow run."""
+"""Stage 3: test-set metrics, reconstructions and the latent space, logged into the train stage's MLflow run."""
 
 import mlflow
 
 from vae import paths
-from vae.batches import TensorBatches
+from vae.classifier import load_classifier
 from vae.config import load_params
 from vae.data import CLASS_NAMES
-from vae.generator import encode_means, visualize_reconstruction
+from vae.evaluation import evaluate_model
+from vae.generator import visualize_reconstruction
 from vae.plots import plot_latent_space
 from vae.stage import resume_run, run_stage, write_json
 from vae.storage import load_model, load_prepared
 from vae.tracking import read_run_id
-from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 
 
@@ -19,12 +19,12 @@ def main() -> None:
     params = load_params(paths.PARAMS)
     device = get_device()
     model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
-    test = load_prepared(paths.PREPARED_TEST)
+    classifier = load_classifier(paths.CLASSIFIER, device)
+    train, test = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST)
     run_id = read_run_id(paths.RUN_ID)
-    set_seed(params.train.seed)  # the test loss samples z, as in training
+    set_seed(params.train.seed)  # the losses sample z, as in training
 
-    batches = TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device)
-    metrics = evaluate_vae(model, batches, device, params.beta).as_dict("test_")
+    metrics, test_means = evaluate_model(model, classifier, train, test, params, device)
     write_json(metrics, paths.EVALUATE_METRICS)
     print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -36,8 +36,7 @@ def main() -> None:
         n=n,
         save_path=paths.EVALUATE_DIR / "vae_reconstructions.png",
     )
-    means = encode_means(model, test.images, params.evaluate.batch_size)
-    plot_latent_space(means, test.labels, CLASS_NAMES, save_path=paths.EVALUATE_DIR / "vae_latent_space.png")
+    plot_latent_space(test_means, test.labels, CLASS_NAMES, save_path=paths.EVALUATE_DIR / "vae_latent_space.png")
 
     with resume_run(run_id):
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})

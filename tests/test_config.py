@@ -46,6 +46,12 @@ def with_change(path: str, value):
         ("generate.grid_range", [3, -3], r"generate.grid_range = \[3.0, -3.0\] must be \[low, high\]"),
         ("generate.grid_range", [1], r"generate.grid_range = \[1\] is not a list of 2 numbers"),
         ("mlflow.experiment_name", "", r"mlflow.experiment_name = '' is not a non-empty string"),
+        (
+            "beta_schedule.kind",
+            "cosine",
+            r"beta_schedule.kind = 'cosine' is not allowed: it must be one of constant, linear",
+        ),
+        ("classifier.min_accuracy", 1.5, r"classifier.min_accuracy = 1.5 is out of range: it must be <= 1"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(key: str, value, message: str) -> None:
@@ -81,3 +87,11 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ParamsError, match=r"params.yaml: the top level must be a mapping"):
         load_params(bad)
+
+
+def test_linear_beta_schedule_warms_up_to_beta() -> None:
+    raw = with_change("beta_schedule.kind", "linear")
+    raw["beta_schedule"].update(start=5000.0, warmup_epochs=5)
+    params = parse_params(raw)
+    assert [params.beta_at(e) for e in range(1, 8)] == [5000.0, 3875.0, 2750.0, 1625.0, 500.0, 500.0, 500.0]
+    assert parse_params(default_raw()).beta_at(1) == 500.0  # constant by default

@@ -38,6 +38,8 @@ OUTPUTS = [
     "metrics/train.json",
     "metrics/train_history.csv",
     "metrics/evaluate.json",
+    "metrics/classifier.json",
+    "models/fmnist_classifier.pth",
     "outputs/evaluate/vae_reconstructions.png",
     "outputs/evaluate/vae_latent_space.png",
     "outputs/generate/vae_generated_samples.png",
@@ -88,6 +90,8 @@ def new_project(root: Path, env: dict[str, str], epochs: int = 1) -> Path:
     params.update(epochs=epochs)
     params["data"].update(train_limit=300, test_limit=200)
     params["train"].update(batch_size=64)
+    params["classifier"].update(epochs=1, min_accuracy=0.0)  # a few hundred images cannot reach 88%
+    params["evaluate"].update(iw_samples=10, fd_samples=500)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (
         ["git", "init", "-q"],
@@ -132,7 +136,12 @@ def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[st
     }
     history = (project / "metrics/train_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,loss,") and len(history) == 2
-    assert 0 < json.loads((project / "metrics/evaluate.json").read_text())["test_reconstruction_loss"] < 1
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert 0 < evaluation["test_reconstruction_loss"] < 1
+    assert evaluation["iw_log_likelihood"] >= -evaluation["nelbo"] - 1.0  # K=10 bound, one-sample NELBO noise
+    assert evaluation["active_units"] in (0, 1, 2) and 0 <= evaluation["knn_accuracy"] <= 1
+    assert evaluation["classifier_frechet_distance"] > 0
+    assert 0 <= json.loads((project / "metrics/classifier.json").read_text())["test_accuracy"] <= 1
 
 
 def stages_to_rerun(project: Path, env: dict[str, str], **changes: object) -> set[str]:
@@ -192,7 +201,17 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
         for key in ("loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"):
             history = client.get_metric_history(run_.info.run_id, key)
             assert [m.step for m in history] == [1], key
-        assert "eval_test_loss" in run_.data.metrics
+        assert {
+            "eval_test_loss",
+            "eval_nelbo",
+            "eval_iw_log_likelihood",
+            "eval_active_units",
+            "eval_knn_accuracy",
+            "eval_classifier_frechet_distance",
+        } <= set(run_.data.metrics)
+        assert [m.value for m in client.get_metric_history(run_.info.run_id, "beta")] == [
+            float(run_.data.params["beta"])
+        ]
         assert run_.data.tags["device"] == "cpu" and len(run_.data.tags["git_commit"]) == 40
         logged = {
             a.path for folder in ("evaluate", "generate") for a in client.list_artifacts(run_.info.run_id, folder)

@@ -90,3 +90,15 @@ def test_bad_arguments_are_rejected(kwargs, match) -> None:
     vae = VAE()
     with pytest.raises(ValueError, match=match):
         train_vae_model(vae, [torch.rand(2, 1, 32, 32)], torch.optim.Adam(vae.parameters()), CPU, **kwargs)
+
+
+def test_beta_schedule_sets_each_epochs_beta() -> None:
+    images = torch.rand(16, 1, 32, 32)
+    vae = VAE(latent_dim=2)
+    betas = {1: 100.0, 2: 10.0, 3: 1.0}
+    history = train_vae_model(
+        vae, [images], torch.optim.Adam(vae.parameters()), CPU, epochs=3, beta=betas.__getitem__, progress=False
+    )
+    for epoch, beta in betas.items():
+        i = epoch - 1
+        assert history["loss"][i] == pytest.approx(beta * history["reconstruction_loss"][i] + history["kl_loss"][i])

@@ -29,6 +29,10 @@ def _range(*, gt: float | None = None, ge: float | None = None, le: float | None
     return {"metadata": {"gt": gt, "ge": ge, "le": le}}
 
 
+def _choices(*allowed: str) -> dict[str, Any]:
+    return {"metadata": {"choices": allowed}}
+
+
 @dataclass(frozen=True)
 class DataParams:
     train_limit: int | None = field(**_range(ge=1))  # keep the first N images; null keeps all
@@ -43,9 +47,32 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class BetaScheduleParams:
+    """β per epoch: ``constant`` (β every epoch) or ``linear`` from ``start`` at epoch 1 to β at
+    epoch ``warmup_epochs`` and after. β weights the reconstruction term, so the usual KL
+    warm-up (little KL pressure early) is a ``start`` *above* β."""
+
+    kind: str = field(**_choices("constant", "linear"))
+    start: float = field(**_range(ge=0))
+    warmup_epochs: int = field(**_range(ge=1))
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     num_reconstructions: int = field(**_range(ge=1, le=100))
     batch_size: int = field(**_range(ge=1))
+    iw_samples: int = field(**_range(ge=1, le=10_000))  # K of the importance-weighted log-likelihood
+    knn_k: int = field(**_range(ge=1, le=100))  # neighbours of the latent-space classifier
+    fd_samples: int = field(**_range(ge=2))  # generated samples for the Fréchet distance
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    epochs: int = field(**_range(ge=1))
+    lr: float = field(**_range(gt=0))
+    batch_size: int = field(**_range(ge=1))
+    seed: int = field(**_range(ge=0))
+    min_accuracy: float = field(**_range(ge=0, le=1))  # the stage fails below this test accuracy
 
 
 @dataclass(frozen=True)
@@ -71,11 +98,21 @@ class Params:
     beta: float = field(**_range(ge=0))  # weight of the reconstruction term (see vae.loss)
     latent_dim: int = field(**_range(ge=1, le=512))
     epochs: int = field(**_range(ge=1))
+    beta_schedule: BetaScheduleParams
     data: DataParams
     train: TrainParams
     evaluate: EvaluateParams
+    classifier: ClassifierParams
     generate: GenerateParams
     mlflow: MlflowParams
+
+    def beta_at(self, epoch: int) -> float:
+        """The β used in ``epoch`` (numbered from 1) under ``beta_schedule``."""
+        schedule = self.beta_schedule
+        if schedule.kind == "constant" or schedule.warmup_epochs == 1:
+            return self.beta
+        progress = min((epoch - 1) / (schedule.warmup_epochs - 1), 1.0)
+        return schedule.start + progress * (self.beta - schedule.start)
 
     def flat(self) -> dict[str, Any]:
         """``{"beta": 500.0, "train.lr": 0.001, ...}``: dotted keys, as DVC and MLflow show them."""
@@ -140,8 +177,12 @@ def _convert(kind: Any, value: Any) -> Any:
     raise TypeError
 
 
-def _check_range(name: str, value: Any, bounds: dict[str, float | None]) -> None:
+def _check_range(name: str, value: Any, bounds: dict[str, Any]) -> None:
     if value is None or not bounds:
+        return
+    if "choices" in bounds:
+        if value not in bounds["choices"]:
+            raise ParamsError(f"{name} = {value!r} is not allowed: it must be one of {', '.join(bounds['choices'])}")
         return
     for op, bound, ok in (
         (">", bounds.get("gt"), lambda v, b: v > b),

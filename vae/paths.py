@@ -15,3 +15,5 @@ OUTPUTS = Path("outputs")
 RUN_ID = OUTPUTS / "mlflow_run_id.txt"
 EVALUATE_DIR = OUTPUTS / "evaluate"
 GENERATE_DIR = OUTPUTS / "generate"
+CLASSIFIER = Path("models") / "fmnist_classifier.pth"
+CLASSIFIER_METRICS = METRICS_DIR / "classifier.json"

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from vae.classifier import ClassifierTooWeakError
 from vae.config import ParamsError
 from vae.data import DataError
 from vae.storage import CheckpointError, atomic_write
@@ -22,6 +23,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NonFiniteLossError,
     FileNotFoundError,
     TrackingError,
+    ClassifierTooWeakError,
 )
 
 

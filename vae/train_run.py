@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -29,7 +30,7 @@ from vae.trainer import configure_performance, make_optimizer, train_vae_model
 from vae.utils import set_seed
 
 # What a training run depends on: a change to any of these makes a saved state belong to another run.
-TRAIN_KEYS = ("beta", "latent_dim", "epochs", "train", "evaluate.batch_size", "mlflow.experiment_name")
+TRAIN_KEYS = ("beta", "beta_schedule", "latent_dim", "epochs", "train", "evaluate.batch_size", "mlflow.experiment_name")
 
 
 def _settings(params: Params) -> dict:
@@ -37,12 +38,13 @@ def _settings(params: Params) -> dict:
     return {k: v for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in TRAIN_KEYS)}
 
 
-def _log_missing_epochs(run_id: str, history: dict[str, list[float]]) -> None:
+def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: Callable[[int], float]) -> None:
     """Log the epochs a killed run finished but had not yet logged (the state is saved first)."""
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
     for index in range(len(history.get("loss", []))):
         if index + 1 not in logged:
-            mlflow.log_metrics({key: values[index] for key, values in history.items()}, step=index + 1)
+            epoch_metrics = {key: series[index] for key, series in history.items()}
+            mlflow.log_metrics(epoch_metrics | {"beta": beta_at(index + 1)}, step=index + 1)
 
 
 def train_pipeline(
@@ -86,7 +88,7 @@ def train_pipeline(
             mlflow.log_params(params.flat())
             mlflow.set_tags(run_tags(device) | {"train_images": len(train), "test_images": len(test)})
         else:
-            _log_missing_epochs(run_id, history)
+            _log_missing_epochs(run_id, history, params.beta_at)
         print(f"train: {len(train)} images on {device}, MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -102,7 +104,7 @@ def train_pipeline(
                 ),
                 state_file,
             )
-            mlflow.log_metrics(metrics, step=epoch)
+            mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
 
         train_vae_model(
             model,
@@ -110,7 +112,7 @@ def train_pipeline(
             optimizer,
             device,
             epochs=params.epochs,
-            beta=params.beta,
+            beta=params.beta_at,
             val_loader=test_batches,
             val_prefix="test_",
             progress=None,

@@ -200,7 +200,7 @@ def train_vae_model(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epochs: int = 10,
-    beta: float = DEFAULT_BETA,
+    beta: float | Callable[[int], float] = DEFAULT_BETA,
     val_loader: Iterable | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool | None = True,
@@ -216,7 +216,8 @@ def train_vae_model(
         optimizer: optimizer over ``model``'s parameters.
         device: where the batches are moved to.
         epochs: number of the last epoch to train (epochs are numbered from 1).
-        beta: weight of the reconstruction term (not of KL, unlike the β-VAE paper).
+        beta: weight of the reconstruction term (not of KL, unlike the β-VAE paper), or a
+            function of the epoch (numbered from 1) giving each epoch's β — a schedule.
         val_loader: optional held-out batches, evaluated after every epoch.
         on_epoch_end: called as ``on_epoch_end(epoch, metrics)`` after every epoch,
             with ``metrics`` the epoch's ``loss``, ``reconstruction_loss``,
@@ -234,23 +235,18 @@ def train_vae_model(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    beta_at = beta if callable(beta) else (lambda epoch: beta)
     history = {} if history is None else history
     for epoch in range(start_epoch, epochs + 1):
+        epoch_beta = beta_at(epoch)
+        if not math.isfinite(epoch_beta) or epoch_beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {epoch_beta!r} for epoch {epoch}")
         train = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            device,
-            beta,
-            epoch,
-            progress,
-            desc=f"epoch {epoch}/{epochs}",
+            model, train_loader, optimizer, device, epoch_beta, epoch, progress, desc=f"epoch {epoch}/{epochs}"
         )
         metrics = train.as_dict()
         if val_loader is not None:
-            metrics.update(evaluate_vae(model, val_loader, device, beta).as_dict(val_prefix))
+            metrics.update(evaluate_vae(model, val_loader, device, epoch_beta).as_dict(val_prefix))
         for key, value in metrics.items():
             history.setdefault(key, []).append(value)
         if progress is not False:

@@ -1,0 +1,117 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae.classifier import FashionClassifier, accuracy, features, train_classifier
+from vae.config import load_params
+from vae.data import read_split
+from vae.metrics import active_units, frechet_distance, importance_weighted_log_likelihood, knn_accuracy, negative_elbo
+from vae.model import VAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny() -> tuple[VAE, torch.Tensor]:
+    torch.manual_seed(0)
+    return VAE(latent_dim=3).eval(), torch.rand(5, 1, 32, 32)
+
+
+def test_nelbo_matches_a_hand_computation(tiny) -> None:
+    model, x = tiny
+    torch.manual_seed(7)
+    got = negative_elbo(model, x, batch_size=2)  # several batches
+    torch.manual_seed(7)
+    recon_sum, kl_sum = 0.0, 0.0
+    with torch.no_grad():
+        for chunk in x.split(2):
+            mu, logvar = model.encode(chunk)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            p = model.decode(z).double().flatten(1)
+            t = chunk.double().flatten(1)
+            recon_sum += float(-(t * p.log() + (1 - t) * (1 - p).log()).sum())
+            kl_sum += float(-0.5 * (1 + logvar - mu**2 - logvar.exp()).double().sum())
+    assert got.reconstruction == pytest.approx(recon_sum / 5, rel=1e-5)
+    assert got.kl == pytest.approx(kl_sum / 5, rel=1e-5)
+    assert got.nelbo == pytest.approx(got.reconstruction + got.kl)
+    assert got.reconstruction > 1024 * 0.5  # summed over pixels, not averaged
+
+
+def test_iw_with_one_sample_is_minus_elbo_in_expectation(tiny) -> None:
+    model, x = tiny
+    torch.manual_seed(0)
+    k1 = torch.tensor([importance_weighted_log_likelihood(model, x, num_samples=1) for _ in range(300)])
+    nelbo = torch.tensor([negative_elbo(model, x).nelbo for _ in range(300)])
+    # both are unbiased estimates of the ELBO (the NELBO's KL is exact, K=1's is sampled)
+    standard_error = math.sqrt(k1.var() / len(k1) + nelbo.var() / len(nelbo))
+    assert abs(float(k1.mean() + nelbo.mean())) < 4 * standard_error
+
+
+def test_iw_bound_tightens_with_more_samples_and_beats_the_elbo(tiny) -> None:
+    model, x = tiny
+    torch.manual_seed(1)
+    k1 = sum(importance_weighted_log_likelihood(model, x, 1) for _ in range(20)) / 20
+    k50 = sum(importance_weighted_log_likelihood(model, x, 50) for _ in range(20)) / 20
+    nelbo = sum(negative_elbo(model, x).nelbo for _ in range(20)) / 20
+    assert k50 > k1 and k50 >= -nelbo
+
+
+def test_iw_is_finite_for_saturated_outputs(tiny) -> None:
+    model, x = tiny
+    with torch.no_grad():
+        model.decoder.deconv[-1].bias.fill_(1e4)  # every pixel's probability is exactly 1 in float32
+    assert math.isfinite(importance_weighted_log_likelihood(model, torch.zeros(3, 1, 32, 32), 10))
+
+
+def test_active_units_counts_dimensions_the_encoder_uses() -> None:
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4).eval()
+    with torch.no_grad():  # dimensions 2 and 3 ignore the image
+        model.encoder.fc_mu.weight[2:].zero_()
+        model.encoder.fc_mu.bias[2:].fill_(0.3)
+        model.encoder.fc_mu.weight[:2].mul_(50)
+        means = model.encode(torch.rand(200, 1, 32, 32))[0]
+    assert active_units(means) == 2
+
+
+def test_knn_accuracy_on_separated_clusters() -> None:
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    train_y, test_y = torch.arange(300) % 3, torch.arange(60) % 3
+    train = centres[train_y] + 0.5 * torch.randn(300, 2)
+    test = centres[test_y] + 0.5 * torch.randn(60, 2)
+    assert knn_accuracy(train, train_y, test, test_y, k=5) == 1.0
+    assert knn_accuracy(train, train_y, test, (test_y + 1) % 3, k=5) == 0.0
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_with_noise_large() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(2000, 16) @ torch.randn(16, 16) + 3
+    assert abs(frechet_distance(a, a)) < 1e-6
+    assert frechet_distance(a, torch.rand(2000, 16) * 100) > 100 * frechet_distance(a[:1000], a[1000:])
+    shifted = frechet_distance(torch.randn(5000, 4), torch.randn(5000, 4) + 2.0)
+    assert shifted == pytest.approx(4 * 2.0**2, rel=0.05)  # ‖Δμ‖² for equal covariances
+
+
+def test_frechet_distance_of_test_images_against_themselves_and_noise(real_data_dir: Path) -> None:
+    torch.manual_seed(0)
+    train, test = read_split(real_data_dir, "train", limit=5000), read_split(real_data_dir, "test", limit=4000)
+    classifier = FashionClassifier()
+    train_classifier(classifier, train.images, train.labels, epochs=1, lr=1e-3, batch_size=64, seed=0)
+    real = features(classifier, test.images)
+    halves = frechet_distance(real[:2000], real[2000:])  # two samples of the same distribution
+    assert abs(frechet_distance(real, real)) < 1e-3 * halves  # zero up to float64 eigen-solver rounding
+    noise = frechet_distance(real, features(classifier, torch.rand(4000, 1, 32, 32)))
+    assert noise > 20 * halves
+
+
+@pytest.mark.slow
+def test_classifier_reaches_its_accuracy_floor_on_the_real_data(real_data_dir: Path) -> None:
+    cfg = load_params(REPO / "params.yaml").classifier
+    train, test = read_split(real_data_dir, "train"), read_split(real_data_dir, "test")
+    torch.manual_seed(cfg.seed)
+    model = FashionClassifier()
+    train_classifier(model, train.images, train.labels, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed)
+    assert accuracy(model, test.images, test.labels) >= cfg.min_accuracy >= 0.88

@@ -1,0 +1,125 @@
+"""A small Fashion-MNIST classifier whose features measure sample quality.
+
+It is trained once (the pipeline's ``classifier`` stage) and then only used to
+embed images: :func:`features` gives its 128-D penultimate activations, and the
+Fréchet distance between the features of generated samples and of test images
+is our sample-quality metric. It plays the role Inception plays in FID, but it
+is a different network on different images: the numbers are comparable between
+our runs only, never with published FID scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vae.batches import TensorBatches
+from vae.utils import batch_images, model_device
+
+FEATURES = 128
+
+
+class ClassifierTooWeakError(RuntimeError):
+    """The classifier missed its accuracy floor; its features would not measure sample quality."""
+
+
+class FashionClassifier(nn.Module):
+    """(B, 1, 32, 32) images in [0, 1] → (B, 10) class logits; ``features`` gives (B, 128)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        # stride-2 convolutions rather than pooling: a quarter of the work, accuracy enough for features
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 16×16
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 8×8
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),  # 4×4
+            nn.Flatten(),
+            nn.Linear(128 * 4 * 4, FEATURES),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def train_classifier(
+    model: FashionClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> list[float]:
+    """Train with Adam and cross-entropy; returns the mean training loss of each epoch."""
+    device = model_device(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = TensorBatches(images, batch_size, labels=labels, seed=seed, device=device)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        total, seen = torch.zeros((), device=device), 0
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(batch_images(x, device)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+        losses.append(float(total) / seen)
+    return losses
+
+
+@torch.inference_mode()
+def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of ``images`` classified as ``labels``."""
+    model.eval()
+    device = model_device(model)
+    correct = sum(
+        int(
+            (
+                model(batch_images(images[i : i + batch_size], device)).argmax(1).cpu() == labels[i : i + batch_size]
+            ).sum()
+        )
+        for i in range(0, len(images), batch_size)
+    )
+    return correct / len(images)
+
+
+@torch.inference_mode()
+def features(model: FashionClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Penultimate activations (N, 128) on the CPU of images (N, 1, 32, 32), float in [0, 1] or uint8."""
+    model.eval()
+    device = model_device(model)
+    return torch.cat(
+        [
+            model.features(batch_images(images[i : i + batch_size], device)).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+
+
+def save_classifier(model: FashionClassifier, path) -> None:
+    from vae.storage import atomic_torch_save
+
+    atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, path)
+
+
+def load_classifier(path, device: torch.device | str = "cpu") -> FashionClassifier:
+    """Raises :class:`vae.storage.CheckpointError` naming the file when it is not a classifier checkpoint."""
+    from vae.storage import CheckpointError, _torch_load
+
+    blob = _torch_load(path, CheckpointError, "classifier checkpoint (run: dvc repro classifier)")
+    model = FashionClassifier()
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a classifier checkpoint ({str(err).splitlines()[0][:160]})") from None
+    return model.to(device).eval()

@@ -1,0 +1,130 @@
+"""Evaluation numbers that can be compared across β and latent sizes.
+
+All are computed on held-out images (N, 1, 32, 32) in [0, 1] (or uint8), in
+large batches under ``torch.inference_mode()``. The likelihoods treat each pixel
+as a Bernoulli variable with the grey level as its target — the same
+likelihood the training loss uses — so they are in nats per image and
+comparable between runs, but not with papers that binarise MNIST.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from vae.model import VAE
+from vae.utils import batch_images, model_device
+
+
+class NegativeELBO(NamedTuple):
+    """−ELBO = reconstruction + KL, in nats per image, independent of the training β."""
+
+    nelbo: float
+    reconstruction: float  # BCE summed over the pixels of an image
+    kl: float
+
+
+def _chunks(images: torch.Tensor, batch_size: int):
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def _log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) of Bernoulli pixels, summed over all but the leading dimensions."""
+    per_pixel = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    return per_pixel.flatten(start_dim=logits.dim() - 3).sum(-1)
+
+
+@torch.inference_mode()
+def negative_elbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> NegativeELBO:
+    """−ELBO with one posterior sample per image, averaged over ``images``."""
+    model.eval()
+    device = model_device(model)
+    totals = torch.zeros(2, dtype=torch.float64)
+    for chunk in _chunks(images, batch_size):
+        x = batch_images(chunk, device)
+        mu, logvar = model.encode(x)
+        z = model.reparameterize(mu, logvar)
+        reconstruction = -_log_likelihood(model.decoder.logits(z), x)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        totals += torch.stack([reconstruction.sum(), kl.sum()]).double().cpu()
+    reconstruction, kl = (totals / len(images)).tolist()
+    return NegativeELBO(reconstruction + kl, reconstruction, kl)
+
+
+@torch.inference_mode()
+def importance_weighted_log_likelihood(
+    model: VAE, images: torch.Tensor, num_samples: int = 100, max_decodes: int = 8192
+) -> float:
+    """log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), averaged over images (nats).
+
+    K = ``num_samples``; K = 1 is the one-sample ELBO, and the estimate rises
+    towards log p(x) as K grows. At most ``max_decodes`` images are decoded at once.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    model.eval()
+    device = model_device(model)
+    batch_size = max(1, max_decodes // num_samples)
+    total = 0.0
+    for chunk in _chunks(images, batch_size):
+        x = batch_images(chunk, device)
+        mu, logvar = model.encode(x)
+        z = mu + (0.5 * logvar).exp() * torch.randn(num_samples, *mu.shape, device=device)  # (K, B, D)
+        logits = model.decoder.logits(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))  # (K, B, C, H, W)
+        log_w = _log_likelihood(logits, x) + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+        log_w = log_w - _log_normal(z, mu, logvar)
+        total += float((torch.logsumexp(log_w, dim=0) - math.log(num_samples)).double().sum())
+    return total / len(images)
+
+
+def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the data: Var_x(E_q[z_d]) > threshold.
+
+    means: (N, latent_dim) posterior means (Burda et al., 2016).
+    """
+    return int((means.double().var(dim=0) > threshold).sum())
+
+
+def knn_accuracy(
+    train_means: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_means: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 5,
+    chunk: int = 1024,
+) -> float:
+    """Accuracy in [0, 1] of a k-nearest-neighbour vote (Euclidean, in latent space) trained on the train means."""
+    train_means, test_means = train_means.float(), test_means.float()
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    correct = 0
+    for start in range(0, len(test_means), chunk):
+        queries = test_means[start : start + chunk]
+        nearest = torch.cdist(queries, train_means).topk(k, dim=1, largest=False).indices
+        votes = F.one_hot(train_labels[nearest], num_classes).sum(dim=1)
+        correct += int((votes.argmax(dim=1) == test_labels[start : start + chunk]).sum())
+    return correct / len(test_means)
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, F):
+    ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½), computed in float64.
+
+    Tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of
+    Σa^½ Σb Σa^½, which is symmetric, so only symmetric eigensolvers are needed.
+    """
+    a, b = features_a.double(), features_b.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov_a)
+    sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
