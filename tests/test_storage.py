@@ -1,4 +1,6 @@
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 
 from vae.data import DataError, FashionMNISTSplit
 from vae.model import VAE
-from vae.storage import CheckpointError, load_model, load_prepared, save_model, save_prepared
+from vae.storage import CheckpointError, atomic_write, load_model, load_prepared, save_model, save_prepared
 
 
 def split(n: int = 6) -> FashionMNISTSplit:
@@ -94,3 +96,24 @@ def test_loading_never_runs_pickled_code(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(CheckpointError, match=r"evil.pth"):
         load_model(tmp_path / "evil.pth")
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_respects_the_umask(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write(target, lambda tmp: tmp.write_text("new"))
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # readable by others, like an ordinary open()
