@@ -8,7 +8,15 @@ import torch
 
 from vae.data import DataError, FashionMNISTSplit
 from vae.model import VAE
-from vae.storage import CheckpointError, atomic_write, load_model, load_prepared, save_model, save_prepared
+from vae.storage import (
+    CheckpointError,
+    atomic_write,
+    load_model,
+    load_prepared,
+    remove_stale_temporaries,
+    save_model,
+    save_prepared,
+)
 
 
 def split(n: int = 6) -> FashionMNISTSplit:
@@ -117,3 +125,13 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_respects_the_umask(tmp_p
         os.umask(previous)
     assert target.read_text() == "new"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644  # readable by others, like an ordinary open()
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    state = tmp_path / "train_state.pt"
+    state.write_text("good")
+    stale, other = tmp_path / ".train_state.pt.x1y2.tmp", tmp_path / ".other.pt.x1y2.tmp"
+    stale.write_text("half")
+    other.write_text("someone else's")
+    remove_stale_temporaries(state)
+    assert not stale.exists() and other.exists() and state.read_text() == "good"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vae.storage import atomic_torch_save
+from vae.storage import atomic_torch_save, remove_stale_temporaries
 
 STATE_FILE = Path("checkpoints") / "train_state.pt"
 
@@ -65,6 +65,7 @@ def save_state(state: TrainState, path: Path = STATE_FILE) -> None:
 
 def load_state(expected_fingerprint: str, path: Path = STATE_FILE) -> tuple[TrainState | None, str]:
     """The saved state when it belongs to this run, else None; plus a line saying which and why."""
+    remove_stale_temporaries(path)  # a run killed while saving leaves one; the previous state is intact
     if not path.exists():
         return None, "starting from epoch 1"
     try:

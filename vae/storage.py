@@ -41,6 +41,13 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_stale_temporaries(path: Path | str) -> None:
+    """Delete the temporary files that writes of ``path`` left behind when their process was killed."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
