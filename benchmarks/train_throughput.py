@@ -7,7 +7,7 @@ process (so its peak memory is its own), and the two take turns running
 steps, so that a slow spell of a shared machine hits both alike. Prints the
 median images/s of each, the ratio b/a, and the peak memory.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128]
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128] [--precision bf16]
 
 (a) "usual": torchvision ``FashionMNIST`` with ``Pad(2)`` + ``ToTensor()`` per image,
     ``DataLoader(batch_size, shuffle=True, num_workers=0)``, ``vae_loss_function``
@@ -123,7 +123,9 @@ def _setup_project(args: dict) -> None:
 
     def steps(n: int) -> tuple[int, float]:
         batches = list(itertools.islice(stream, n))  # indexing views; the work happens in training
-        result = train_one_epoch(model, batches, optimizer, device, beta=500.0, progress=False)
+        result = train_one_epoch(
+            model, batches, optimizer, device, beta=500.0, progress=False, precision=args["precision"]
+        )
         return sum(len(b) for b in batches), result.loss
 
     _state.update(device=device, steps=steps)
@@ -150,7 +152,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=100, help="timed optimisation steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per path, taken in turns")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before the first round")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed steps before the first round")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="of path (b), as train.precision")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: FASHION_MNIST_DIR, data/...)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     cli = parser.parse_args()
@@ -166,6 +169,7 @@ def main() -> None:
             "images": cli.images,
             "batch_size": cli.batch_size,
             "warmup": cli.warmup,
+            "precision": cli.precision,
             "weights": str(weights),
             "source": str(source),
             "tv_root": str(_torchvision_root(source, Path(tmp))),
@@ -192,8 +196,8 @@ def main() -> None:
         f"per path after {cli.warmup} warm-up steps"
     )
     memory = "GPU memory allocated" if cli.device.startswith("cuda") else "process RSS"
-    print(f"(a) usual loop:   {speed['usual']:10.0f} images/s   peak {memory} {peak['usual']:8.1f} MiB")
-    print(f"(b) project path: {speed['project']:10.0f} images/s   peak {memory} {peak['project']:8.1f} MiB")
+    for path, label in (("usual", "(a) usual loop"), ("project", f"(b) project path, {cli.precision}")):
+        print(f"{label + ':':25s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
     print(f"ratio b/a: {speed['project'] / speed['usual']:.2f}x")
     if cli.json:
         print(json.dumps({"images_per_s": speed, "peak_mb": peak, "rounds": results, "args": vars(cli)}))

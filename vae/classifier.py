@@ -122,4 +122,4 @@ def load_classifier(path, device: torch.device | str = "cpu") -> FashionClassifi
         model.load_state_dict(blob["state_dict"])
     except (TypeError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a classifier checkpoint ({str(err).splitlines()[0][:160]})") from None
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()

@@ -29,6 +29,9 @@ def _range(*, gt: float | None = None, ge: float | None = None, le: float | None
     return {"metadata": {"gt": gt, "ge": ge, "le": le}}
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def _choices(*allowed: str) -> dict[str, Any]:
     return {"metadata": {"choices": allowed}}
 
@@ -44,6 +47,8 @@ class TrainParams:
     lr: float = field(**_range(gt=0))
     batch_size: int = field(**_range(ge=1))
     seed: int = field(**_range(ge=0))
+    # fp32, or bf16 autocast for the forward pass (see vae.trainer.train_one_epoch)
+    precision: str = field(**_choices(*PRECISIONS))
 
 
 @dataclass(frozen=True)

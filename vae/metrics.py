@@ -62,17 +62,20 @@ def negative_elbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> N
 
 @torch.inference_mode()
 def importance_weighted_log_likelihood(
-    model: VAE, images: torch.Tensor, num_samples: int = 100, max_decodes: int = 8192
+    model: VAE, images: torch.Tensor, num_samples: int = 100, max_decodes: int | None = None
 ) -> float:
     """log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), averaged over images (nats).
 
     K = ``num_samples``; K = 1 is the one-sample ELBO, and the estimate rises
-    towards log p(x) as K grows. At most ``max_decodes`` images are decoded at once.
+    towards log p(x) as K grows. At most ``max_decodes`` images are decoded at once
+    (default: 512 on a CPU, where batches that fit the caches are fastest; 16,384 on a GPU).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     model.eval()
     device = model_device(model)
+    if max_decodes is None:
+        max_decodes = 512 if device.type == "cpu" else 16_384
     batch_size = max(1, max_decodes // num_samples)
     total = 0.0
     for chunk in _chunks(images, batch_size):

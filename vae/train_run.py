@@ -89,7 +89,7 @@ def train_pipeline(
             mlflow.set_tags(run_tags(device) | {"train_images": len(train), "test_images": len(test)})
         else:
             _log_missing_epochs(run_id, history, params.beta_at)
-        print(f"train: {len(train)} images on {device}, MLflow run {run.info.run_id}")
+        print(f"train: {len(train)} images on {device} ({params.train.precision}), MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             save_state(
@@ -119,6 +119,7 @@ def train_pipeline(
             start_epoch=start_epoch,
             history=history,
             on_epoch_end=end_of_epoch,
+            precision=params.train.precision,
         )
         save_model(model, paths.MODEL)
         write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
