@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vae.batches import TensorBatches
+from vae.storage import CheckpointError, _torch_load, atomic_torch_save
 from vae.utils import batch_images, model_device
 
 FEATURES = 128
@@ -82,14 +83,10 @@ def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tenso
     """Fraction of ``images`` classified as ``labels``."""
     model.eval()
     device = model_device(model)
-    correct = sum(
-        int(
-            (
-                model(batch_images(images[i : i + batch_size], device)).argmax(1).cpu() == labels[i : i + batch_size]
-            ).sum()
-        )
-        for i in range(0, len(images), batch_size)
-    )
+    correct = 0
+    for batch, batch_labels in zip(images.split(batch_size), labels.split(batch_size)):
+        predicted = model(batch_images(batch, device)).argmax(1).cpu()
+        correct += int((predicted == batch_labels).sum())
     return correct / len(images)
 
 
@@ -107,15 +104,11 @@ def features(model: FashionClassifier, images: torch.Tensor, batch_size: int = 1
 
 
 def save_classifier(model: FashionClassifier, path) -> None:
-    from vae.storage import atomic_torch_save
-
     atomic_torch_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, path)
 
 
 def load_classifier(path, device: torch.device | str = "cpu") -> FashionClassifier:
     """Raises :class:`vae.storage.CheckpointError` naming the file when it is not a classifier checkpoint."""
-    from vae.storage import CheckpointError, _torch_load
-
     blob = _torch_load(path, CheckpointError, "classifier checkpoint (run: dvc repro classifier)")
     model = FashionClassifier()
     try:

@@ -27,11 +27,6 @@ class NegativeELBO(NamedTuple):
     kl: float
 
 
-def _chunks(images: torch.Tensor, batch_size: int):
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
-
-
 def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, exp(logvar)) summed over the last dimension."""
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
@@ -49,7 +44,7 @@ def negative_elbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> N
     model.eval()
     device = model_device(model)
     totals = torch.zeros(2, dtype=torch.float64)
-    for chunk in _chunks(images, batch_size):
+    for chunk in images.split(batch_size):
         x = batch_images(chunk, device)
         mu, logvar = model.encode(x)
         z = model.reparameterize(mu, logvar)
@@ -78,7 +73,7 @@ def importance_weighted_log_likelihood(
         max_decodes = 512 if device.type == "cpu" else 16_384
     batch_size = max(1, max_decodes // num_samples)
     total = 0.0
-    for chunk in _chunks(images, batch_size):
+    for chunk in images.split(batch_size):
         x = batch_images(chunk, device)
         mu, logvar = model.encode(x)
         z = mu + (0.5 * logvar).exp() * torch.randn(num_samples, *mu.shape, device=device)  # (K, B, D)
