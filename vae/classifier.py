@@ -95,12 +95,7 @@ def features(model: FashionClassifier, images: torch.Tensor, batch_size: int = 1
     """Penultimate activations (N, 128) on the CPU of images (N, 1, 32, 32), float in [0, 1] or uint8."""
     model.eval()
     device = model_device(model)
-    return torch.cat(
-        [
-            model.features(batch_images(images[i : i + batch_size], device)).cpu()
-            for i in range(0, len(images), batch_size)
-        ]
-    )
+    return torch.cat([model.features(batch_images(batch, device)).cpu() for batch in images.split(batch_size)])
 
 
 def save_classifier(model: FashionClassifier, path) -> None:

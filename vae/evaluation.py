@@ -36,9 +36,8 @@ def evaluate_model(
     cfg = params.evaluate
     batches = TensorBatches(test.images, cfg.batch_size, shuffle=False, device=device)
     metrics = evaluate_vae(model, batches, device, params.beta).as_dict("test_")
-    metrics.update(negative_elbo(model, test.images, cfg.batch_size)._asdict())
-    metrics["nelbo_reconstruction"] = metrics.pop("reconstruction")
-    metrics["nelbo_kl"] = metrics.pop("kl")
+    nelbo = negative_elbo(model, test.images, cfg.batch_size)
+    metrics |= {"nelbo": nelbo.nelbo, "nelbo_reconstruction": nelbo.reconstruction, "nelbo_kl": nelbo.kl}
     metrics["iw_log_likelihood"] = importance_weighted_log_likelihood(model, test.images, cfg.iw_samples)
     test_means = encode_means(model, test.images, cfg.batch_size)
     train_means = encode_means(model, train.images, cfg.batch_size)

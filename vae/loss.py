@@ -26,13 +26,17 @@ class VAELoss(NamedTuple):
     kld: torch.Tensor
 
 
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) ‖ N(0, I)) in nats, summed over latent dims, averaged over the batch.
+def kl_per_image(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) ‖ N(0, I)) in nats of each image, summed over latent dims: (B,).
 
-    mu, logvar: (B, latent_dim). Returns a scalar.
+    mu, logvar: (B, latent_dim).
     """
-    per_image = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
-    return per_image.mean()
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """:func:`kl_per_image` averaged over the batch: a scalar."""
+    return kl_per_image(mu, logvar).mean()
 
 
 def vae_loss_function(

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from vae.loss import kl_per_image
 from vae.model import VAE
 from vae.utils import batch_images, model_device
 
@@ -49,7 +50,7 @@ def negative_elbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> N
         mu, logvar = model.encode(x)
         z = model.reparameterize(mu, logvar)
         reconstruction = -_log_likelihood(model.decoder.logits(z), x)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        kl = kl_per_image(mu, logvar)
         totals += torch.stack([reconstruction.sum(), kl.sum()]).double().cpu()
     reconstruction, kl = (totals / len(images)).tolist()
     return NegativeELBO(reconstruction + kl, reconstruction, kl)
