@@ -135,3 +135,17 @@ def test_stale_temporaries_of_a_killed_write_are_removed_and_nothing_else(tmp_pa
     other.write_text("someone else's")
     remove_stale_temporaries(state)
     assert not stale.exists() and other.exists() and state.read_text() == "good"
+
+
+def test_interrupts_deferred_delivers_ctrl_c_after_the_block() -> None:
+    import signal
+
+    from vae.resume import interrupts_deferred
+
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True  # not cut short
+    assert finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,28 @@ import torch
 from vae.storage import atomic_torch_save, remove_stale_temporaries
 
 STATE_FILE = Path("checkpoints") / "train_state.pt"
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    For the end-of-epoch writes: a KeyboardInterrupt in the middle of an MLflow
+    write leaves its SQLite store locked, and the run's own "failed" status
+    update then dies with a traceback. A no-op outside the main thread, where
+    Python delivers no signals.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there before
 
 
 @dataclass

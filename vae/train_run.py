@@ -18,6 +18,7 @@ from vae.resume import (
     TrainState,
     clear_state,
     fingerprint,
+    interrupts_deferred,
     load_state,
     restore_rng,
     rng_state,
@@ -92,19 +93,20 @@ def train_pipeline(
         print(f"train: {len(train)} images on {device} ({params.train.precision}), MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            save_state(
-                TrainState(
-                    run_fingerprint,
-                    epoch,
-                    model.state_dict(),
-                    optimizer.state_dict(),
-                    rng_state(train_batches.generator),
-                    history,
-                    run.info.run_id,
-                ),
-                state_file,
-            )
-            mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
+            with interrupts_deferred():
+                save_state(
+                    TrainState(
+                        run_fingerprint,
+                        epoch,
+                        model.state_dict(),
+                        optimizer.state_dict(),
+                        rng_state(train_batches.generator),
+                        history,
+                        run.info.run_id,
+                    ),
+                    state_file,
+                )
+                mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
 
         train_vae_model(
             model,
