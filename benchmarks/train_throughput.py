@@ -7,15 +7,18 @@ process (so its peak memory is its own), and the two take turns running
 steps, so that a slow spell of a shared machine hits both alike. Prints the
 median images/s of each, the ratio b/a, and the peak memory.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128] [--precision bf16]
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128] [--precision fp32]
 
 (a) "usual": torchvision ``FashionMNIST`` with ``Pad(2)`` + ``ToTensor()`` per image,
-    ``DataLoader(batch_size, shuffle=True, num_workers=0)``, ``vae_loss_function``
-    on the sigmoid output, ``.item()`` every step.
+    ``DataLoader(batch_size, shuffle=True, num_workers=0)``, the model with
+    ``torch.nn``'s own convolution classes, ``torch.optim.Adam``,
+    ``vae_loss_function`` on the sigmoid output, ``.item()`` every step.
 (b) "project": what the train stage does: the prepared uint8 tensor on the
     device, :class:`vae.batches.TensorBatches`, :func:`vae.trainer.configure_performance`,
-    :func:`vae.trainer.make_optimizer` (fused Adam) and
-    :func:`vae.trainer.train_one_epoch` (no per-image work, no per-step sync).
+    :func:`vae.trainer.make_optimizer` (fused Adam),
+    :func:`vae.trainer.train_one_epoch` (no per-image work, no per-step sync),
+    the model's :mod:`vae.layers` convolutions and ``train.precision`` (default
+    auto: bf16 on CPUs with AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from pathlib import Path
 import torch
 
 from vae.data import SPLIT_FILES, read_split, resolve_data_dir
+from vae.layers import with_torch_nn_layers
 from vae.loss import vae_loss_function
 from vae.model import VAE
+from vae.trainer import PRECISIONS, resolve_precision
 from vae.utils import get_device
 
 _state: dict = {}  # the worker process's model, optimizer and batches between rounds
@@ -88,7 +93,7 @@ def _setup_usual(args: dict) -> None:
         transform=transforms.Compose([transforms.Pad(2), transforms.ToTensor()]),
     )
     loader = DataLoader(Subset(dataset, range(args["images"])), batch_size=args["batch_size"], shuffle=True)
-    model = _model(args, device)
+    model = with_torch_nn_layers(_model(args, device))  # stock PyTorch layers, same weights
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     stream = itertools.chain.from_iterable(itertools.repeat(loader))  # endless, reshuffled each pass
 
@@ -153,12 +158,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed optimisation steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per path, taken in turns")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps before the first round")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="of path (b), as train.precision")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="of path (b), as train.precision (default: auto)"
+    )
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: FASHION_MNIST_DIR, data/...)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     cli = parser.parse_args()
 
     source = resolve_data_dir(cli.data)
+    cli.precision = resolve_precision(cli.precision, torch.device(cli.device))
     results: dict[str, list[dict]] = {"usual": [], "project": []}
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "init.pt"

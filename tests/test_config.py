@@ -51,7 +51,7 @@ def with_change(path: str, value):
             "cosine",
             r"beta_schedule.kind = 'cosine' is not allowed: it must be one of constant, linear",
         ),
-        ("train.precision", "fp16", r"train.precision = 'fp16' is not allowed: it must be one of fp32, bf16"),
+        ("train.precision", "fp16", r"train.precision = 'fp16' is not allowed: it must be one of auto, fp32, bf16"),
         ("classifier.min_accuracy", 1.5, r"classifier.min_accuracy = 1.5 is out of range: it must be <= 1"),
     ],
 )

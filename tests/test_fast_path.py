@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from vae.batches import TensorBatches
 from vae.data import read_split
+from vae.layers import with_torch_nn_layers
 from vae.loss import vae_loss_from_logits
 from vae.model import VAE
 from vae.trainer import configure_performance, evaluate_vae, make_optimizer, train_vae_model, vae_loss_function
@@ -33,7 +34,7 @@ def test_same_first_batch_loss_as_the_usual_loop(tmp_path: Path) -> None:
     assert torch.equal(usual_x, ours_x)  # same pixels, bit for bit
 
     torch.manual_seed(0)
-    model = VAE(latent_dim=2)
+    model = with_torch_nn_layers(VAE(latent_dim=2))  # the usual loop's stock PyTorch layers
     fast = configure_performance(CPU, VAE(latent_dim=2))
     fast.load_state_dict(model.state_dict())
 
@@ -106,5 +107,5 @@ def test_bf16_training_tracks_fp32_and_keeps_float32_weights() -> None:
 
 def test_unknown_precision_is_rejected() -> None:
     model = VAE()
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         train_vae_model(model, [torch.rand(2, 1, 32, 32)], make_optimizer(model, 1e-3), CPU, precision="fp16")

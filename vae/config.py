@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from vae.trainer import PRECISIONS
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -27,9 +29,6 @@ class ParamsError(ValueError):
 
 def _range(*, gt: float | None = None, ge: float | None = None, le: float | None = None) -> dict[str, Any]:
     return {"metadata": {"gt": gt, "ge": ge, "le": le}}
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def _choices(*allowed: str) -> dict[str, Any]:
@@ -47,7 +46,7 @@ class TrainParams:
     lr: float = field(**_range(gt=0))
     batch_size: int = field(**_range(ge=1))
     seed: int = field(**_range(ge=0))
-    # fp32, or bf16 autocast for the forward pass (see vae.trainer.train_one_epoch)
+    # auto, fp32, or bf16 autocast for the forward pass (see vae.trainer.resolve_precision)
     precision: str = field(**_choices(*PRECISIONS))
 
 

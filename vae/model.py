@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vae.layers import Conv2d, ConvTranspose2d
+
 IMAGE_SIZE = 32
 _FEATURES = 128  # channels of the 4×4 bottleneck feature map
 _BOTTLENECK = 4
@@ -29,11 +31,11 @@ class VariationalEncoder(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.features = nn.Sequential(
-            nn.Conv2d(input_channels, 32, kernel_size=3, stride=2, padding=1),
+            Conv2d(input_channels, 32, kernel_size=3, stride=2, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(64, _FEATURES, kernel_size=3, stride=2, padding=1),
+            Conv2d(64, _FEATURES, kernel_size=3, stride=2, padding=1),
             nn.ReLU(inplace=True),
             nn.Flatten(),
         )
@@ -62,11 +64,11 @@ class VariationalDecoder(nn.Module):
         self.deconv = nn.Sequential(
             nn.ReLU(inplace=True),
             nn.Unflatten(1, (_FEATURES, _BOTTLENECK, _BOTTLENECK)),
-            nn.ConvTranspose2d(_FEATURES, 64, 3, stride=2, padding=1, output_padding=1),
+            ConvTranspose2d(_FEATURES, 64, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+            ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(32, output_channels, 3, stride=2, padding=1, output_padding=1),
+            ConvTranspose2d(32, output_channels, 3, stride=2, padding=1, output_padding=1),
         )
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:

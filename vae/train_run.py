@@ -27,7 +27,7 @@ from vae.resume import (
 from vae.stage import write_history_csv, write_json
 from vae.storage import save_model
 from vae.tracking import check_tracking_store, log_model, run_name, run_tags, setup_experiment, write_run_id
-from vae.trainer import configure_performance, make_optimizer, train_vae_model
+from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
 from vae.utils import set_seed
 
 # What a training run depends on: a change to any of these makes a saved state belong to another run.
@@ -67,6 +67,7 @@ def train_pipeline(
         )
     check_tracking_store()  # before any work: an unreachable server fails in seconds
     set_seed(params.train.seed)
+    precision = resolve_precision(params.train.precision, device)
     model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
     optimizer = make_optimizer(model, params.train.lr)
     train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
@@ -87,10 +88,12 @@ def train_pipeline(
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name(params.beta, params.latent_dim)) as run:
         if run_id is None:
             mlflow.log_params(params.flat())
-            mlflow.set_tags(run_tags(device) | {"train_images": len(train), "test_images": len(test)})
+            mlflow.set_tags(
+                run_tags(device) | {"train_images": len(train), "test_images": len(test), "precision": precision}
+            )
         else:
             _log_missing_epochs(run_id, history, params.beta_at)
-        print(f"train: {len(train)} images on {device} ({params.train.precision}), MLflow run {run.info.run_id}")
+        print(f"train: {len(train)} images on {device} ({precision}), MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             with interrupts_deferred():
@@ -121,7 +124,7 @@ def train_pipeline(
             start_epoch=start_epoch,
             history=history,
             on_epoch_end=end_of_epoch,
-            precision=params.train.precision,
+            precision=precision,
         )
         save_model(model, paths.MODEL)
         write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)

@@ -1,0 +1,94 @@
+"""vae.layers computes what torch.nn's convolutions compute, only faster on the CPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae.layers import Conv2d, ConvTranspose2d, with_torch_nn_layers
+from vae.loss import vae_loss_from_logits
+from vae.model import VAE
+from vae.trainer import resolve_precision
+
+GEOMETRIES = [  # (class, torch.nn class, constructor args, input shape)
+    (ConvTranspose2d, nn.ConvTranspose2d, (32, 1, 3, 2, 1, 1), (4, 32, 16, 16)),  # the decoder's last layer
+    (ConvTranspose2d, nn.ConvTranspose2d, (64, 32, 3, 2, 1, 1), (4, 64, 8, 8)),
+    (ConvTranspose2d, nn.ConvTranspose2d, (16, 2, 4, 2, 1, 0), (3, 16, 7, 5)),  # even kernel, 2 outputs
+    (ConvTranspose2d, nn.ConvTranspose2d, (9, 1, 3, 1, 0, 0), (3, 9, 6, 7)),  # stride 1, no padding
+    (Conv2d, nn.Conv2d, (1, 32, 3, 2, 1), (4, 1, 32, 32)),
+]
+
+
+def _forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor | None = None) -> tuple:
+    x = x.clone().requires_grad_()
+    layer.zero_grad()
+    y = layer(x)
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, x.grad, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("ours", "theirs", "args", "shape"), GEOMETRIES)
+def test_float32_matches_torch_nn(ours: type, theirs: type, args: tuple, shape: tuple, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    layer = ours(*args)
+    reference = theirs(*args)
+    reference.load_state_dict(layer.state_dict())
+    assert layer.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(reference(x))
+    for got, expected in zip(_forward_backward(layer, x, grad), _forward_backward(reference, x, grad)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_gives_bf16_outputs_and_float32_weight_gradients() -> None:
+    torch.manual_seed(0)
+    for ours, theirs, args, shape in GEOMETRIES:
+        layer = ours(*args)
+        reference = theirs(*args)
+        reference.load_state_dict(layer.state_dict())
+        x = torch.rand(shape)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = _forward_backward(layer, x)
+            expected = _forward_backward(reference, x)  # stock autocast: everything in bf16
+        assert got[0].dtype == torch.bfloat16
+        assert got[1].dtype == got[2].dtype == got[3].dtype == torch.float32
+        for g, e in zip(got, expected):  # same values up to bf16 rounding (8 bits of mantissa)
+            torch.testing.assert_close(g.float(), e.float(), rtol=0.02, atol=0.02 * e.abs().max().item())
+
+
+def test_with_torch_nn_layers_keeps_weights_and_function() -> None:
+    torch.manual_seed(0)
+    ours = VAE(latent_dim=3)
+    stock = with_torch_nn_layers(VAE(latent_dim=3))
+    stock.load_state_dict(ours.state_dict())
+    kinds = {type(m) for m in stock.modules()}
+    assert nn.ConvTranspose2d in kinds and ConvTranspose2d not in kinds and Conv2d not in kinds
+    z = torch.randn(5, 3)
+    torch.testing.assert_close(ours.decode(z), stock.decode(z), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])  # 1e4: a saturated sigmoid
+def test_training_bce_matches_torch_binary_cross_entropy_with_logits(scale: float) -> None:
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 1, 32, 32) * scale).requires_grad_()
+    x = torch.rand(8, 1, 32, 32)
+    mu, logvar = torch.zeros(8, 2), torch.zeros(8, 2)
+    got = vae_loss_from_logits(logits, x, mu, logvar, beta=1.0).bce
+    (grad,) = torch.autograd.grad(got, logits)
+    expected = F.binary_cross_entropy_with_logits(logits, x)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-9)
+
+
+def test_resolve_precision() -> None:
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # not measured on a GPU yet
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'half'"):
+        resolve_precision("half", torch.device("cpu"))

@@ -1,0 +1,143 @@
+"""Convolution layers that train faster on the CPU, with ``torch.nn``'s parameters and results.
+
+:class:`Conv2d` and :class:`ConvTranspose2d` subclass their ``torch.nn``
+namesakes (same parameters, state-dict keys, outputs up to float rounding) and
+change only how the CPU computes them, where oneDNN's kernels are uneven
+(figures from this model's layers, batch 128, on an AVX512-BF16 CPU):
+
+- Under CPU bfloat16 autocast (``train.precision: bf16``), oneDNN's bf16 forward
+  and input-gradient kernels run about twice as fast as float32, but its bf16
+  *weight*-gradient kernels run 1.1–3× slower. So the forward pass and the
+  input gradient run in bf16 and the weight and bias gradients in float32,
+  from the same bf16 activations.
+- A transposed convolution to few output channels (the decoder's last layer,
+  32→1) runs ~7× under the speed of its own input gradient. Its forward pass
+  is computed instead as a 1×1 convolution to ``C_out·kH·kW`` columns and an
+  overlap-add of the columns onto the output (what ``F.fold`` does, whose own
+  backward pass is slower still), the gradients by the usual kernels.
+
+On CUDA, and for layers these cases do not cover, they are exactly their base classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_Pair = tuple[int, int]
+
+
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def _overlap_add(columns: torch.Tensor, kernel: _Pair, stride: _Pair, padding: _Pair, size: _Pair) -> torch.Tensor:
+    """Sum each input pixel's ``kH×kW`` patch onto the output grid: a transposed convolution's scatter.
+
+    columns: (B, C_out·kH·kW, H, W); returns (B, C_out, *size) in float32.
+    """
+    batch, _, height, width = columns.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    # Contiguous float32 columns: the strided adds run 2x faster, and up to
+    # kH·kW overlapping terms are summed without bf16 rounding.
+    columns = columns.to(torch.float32, memory_format=torch.contiguous_format).unflatten(1, (-1, kh, kw))
+    canvas = columns.new_zeros(
+        batch,
+        columns.shape[1],
+        max(sh * (height - 1) + kh, ph + size[0]),
+        max(sw * (width - 1) + kw, pw + size[1]),
+    )
+    for i in range(kh):
+        for j in range(kw):
+            canvas[:, :, i : i + sh * height : sh, j : j + sw * width : sw] += columns[:, :, i, j]
+    return canvas[:, :, ph : ph + size[0], pw : pw + size[1]].contiguous()
+
+
+class _Convolution(torch.autograd.Function):
+    """A 2-D (transposed) convolution computed in ``dtype`` with float32 weight and bias gradients.
+
+    x: (B, C_in, H, W) in any float dtype; weight and bias in float32. Returns
+    the output in ``dtype``; each gradient has the dtype of its input.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding, transposed, dtype):  # noqa: ANN001, ANN205
+        x_c, weight_c = x.to(dtype), weight.to(dtype)
+        bias_c = None if bias is None else bias.to(dtype)
+        ctx.save_for_backward(x_c, weight_c, weight)
+        ctx.x_dtype = x.dtype
+        ctx.bias_shape = None if bias is None else list(bias.shape)
+        ctx.geometry = (list(stride), list(padding), [1, 1], transposed, list(output_padding), 1)
+        out_channels, kh, kw = weight.shape[1:] if transposed else (0, 0, 0)
+        if transposed and out_channels * kh * kw <= x.shape[1]:
+            # weight (C_in, C_out, kH, kW) as a 1x1 convolution to C_out·kH·kW columns
+            as_1x1 = weight_c.flatten(1).t()[:, :, None, None]
+            height = (x.shape[2] - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
+            width = (x.shape[3] - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
+            columns = torch.nn.functional.conv2d(x_c, as_1x1)
+            out = _overlap_add(columns, (kh, kw), stride, padding, (height, width))
+            return (out if bias is None else out + bias[:, None, None]).to(dtype)
+        return torch.ops.aten.convolution(x_c, weight_c, bias_c, *ctx.geometry)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x_c, weight_c, weight = ctx.saved_tensors
+        backward = torch.ops.aten.convolution_backward
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = backward(grad.to(x_c.dtype), x_c, weight_c, None, *ctx.geometry, [True, False, False])[0]
+            grad_x = grad_x.to(ctx.x_dtype)
+        _, grad_weight, grad_bias = backward(
+            grad.float(), x_c.float(), weight, ctx.bias_shape, *ctx.geometry, [False, True, ctx.bias_shape is not None]
+        )
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.bfloat16 if _cpu_bf16_autocast(x) else torch.float32
+
+
+class Conv2d(nn.Conv2d):
+    """``torch.nn.Conv2d``; under CPU bf16 autocast, float32 weight gradients (see the module docstring)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if _cpu_bf16_autocast(input) and self.padding_mode == "zeros" and self.dilation == (1, 1) and self.groups == 1:
+            return _Convolution.apply(input, weight, bias, self.stride, self.padding, (0, 0), False, torch.bfloat16)
+        return super()._conv_forward(input, weight, bias)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d``, computed faster on the CPU (see the module docstring)."""
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            input.device.type == "cpu"
+            and input.dim() == 4
+            and output_size is None
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and (input.dtype == torch.float32 or _cpu_bf16_autocast(input))
+        ):
+            geometry = (self.stride, self.padding, self.output_padding, True)
+            return _Convolution.apply(input, self.weight, self.bias, *geometry, _compute_dtype(input))
+        return super().forward(input, output_size)
+
+
+def with_torch_nn_layers(model: nn.Module) -> nn.Module:
+    """Turn ``model``'s :class:`Conv2d` and :class:`ConvTranspose2d` back into ``torch.nn``'s, in place.
+
+    The subclasses hold no state of their own, so the model keeps its weights
+    and computes the same function, the way stock PyTorch does (to compare
+    against it). Returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, (Conv2d, ConvTranspose2d)):
+            module.__class__ = module.__class__.__bases__[0]
+    return model
+
+
+__all__ = ["Conv2d", "ConvTranspose2d", "with_torch_nn_layers"]
