@@ -53,7 +53,8 @@ def test_bf16_autocast_gives_bf16_outputs_and_float32_weight_gradients() -> None
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = _forward_backward(layer, x)
             expected = _forward_backward(reference, x)  # stock autocast: everything in bf16
-        assert got[0].dtype == torch.bfloat16
+        overlap_add = ours is ConvTranspose2d and args[1] * args[2] ** 2 <= args[0]  # few output channels
+        assert got[0].dtype == (torch.float32 if overlap_add else torch.bfloat16)
         assert got[1].dtype == got[2].dtype == got[3].dtype == torch.float32
         for g, e in zip(got, expected):  # same values up to bf16 rounding (8 bits of mantissa)
             torch.testing.assert_close(g.float(), e.float(), rtol=0.02, atol=0.02 * e.abs().max().item())

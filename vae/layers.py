@@ -14,7 +14,10 @@ change only how the CPU computes them, where oneDNN's kernels are uneven
   32→1) runs ~7× under the speed of its own input gradient. Its forward pass
   is computed instead as a 1×1 convolution to ``C_out·kH·kW`` columns and an
   overlap-add of the columns onto the output (what ``F.fold`` does, whose own
-  backward pass is slower still), the gradients by the usual kernels.
+  backward pass is slower still), the gradients by the usual kernels. The
+  overlap-add sums in float32 and returns float32 even under bf16 autocast, so
+  the decoder's logits are not rounded to bf16: with them rounded, 10 epochs of
+  bf16 training ended ~0.25 nats per image above float32; without, within seed noise.
 
 On CUDA, and for layers these cases do not cover, they are exactly their base classes.
 """
@@ -61,7 +64,8 @@ class _Convolution(torch.autograd.Function):
     """A 2-D (transposed) convolution computed in ``dtype`` with float32 weight and bias gradients.
 
     x: (B, C_in, H, W) in any float dtype; weight and bias in float32. Returns
-    the output in ``dtype``; each gradient has the dtype of its input.
+    the output in ``dtype`` (float32 from the overlap-add path); each gradient
+    has the dtype of its input.
     """
 
     @staticmethod
@@ -80,7 +84,7 @@ class _Convolution(torch.autograd.Function):
             width = (x.shape[3] - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
             columns = torch.nn.functional.conv2d(x_c, as_1x1)
             out = _overlap_add(columns, (kh, kw), stride, padding, (height, width))
-            return (out if bias is None else out + bias[:, None, None]).to(dtype)
+            return out if bias is None else out + bias[:, None, None]  # float32: no need to round the sums
         return torch.ops.aten.convolution(x_c, weight_c, bias_c, *ctx.geometry)
 
     @staticmethod
