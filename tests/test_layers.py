@@ -93,3 +93,11 @@ def test_resolve_precision() -> None:
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'half'"):
         resolve_precision("half", torch.device("cpu"))
+
+
+def test_frozen_weights_get_no_gradient_and_inputs_still_do() -> None:
+    layer = ConvTranspose2d(8, 4, 3, 2, 1, 1).requires_grad_(False)
+    x = torch.rand(2, 8, 5, 5, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is None
+    assert x.grad is not None and x.grad.shape == x.shape

@@ -88,16 +88,18 @@ class _Convolution(torch.autograd.Function):
         return torch.ops.aten.convolution(x_c, weight_c, bias_c, *ctx.geometry)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x_c, weight_c, weight = ctx.saved_tensors
         backward = torch.ops.aten.convolution_backward
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_x = grad_weight = grad_bias = None
+        if needs_x:
             grad_x = backward(grad.to(x_c.dtype), x_c, weight_c, None, *ctx.geometry, [True, False, False])[0]
             grad_x = grad_x.to(ctx.x_dtype)
-        _, grad_weight, grad_bias = backward(
-            grad.float(), x_c.float(), weight, ctx.bias_shape, *ctx.geometry, [False, True, ctx.bias_shape is not None]
-        )
+        if needs_weight or needs_bias:
+            mask = [False, needs_weight, needs_bias and ctx.bias_shape is not None]
+            _, grad_weight, grad_bias = backward(grad.float(), x_c.float(), weight, ctx.bias_shape, *ctx.geometry, mask)
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
