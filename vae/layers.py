@@ -71,7 +71,6 @@ class _Convolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding, transposed, dtype):  # noqa: ANN001, ANN205
         x_c, weight_c = x.to(dtype), weight.to(dtype)
-        bias_c = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x_c, weight_c, weight)
         ctx.x_dtype = x.dtype
         ctx.bias_shape = None if bias is None else list(bias.shape)
@@ -85,6 +84,7 @@ class _Convolution(torch.autograd.Function):
             columns = torch.nn.functional.conv2d(x_c, as_1x1)
             out = _overlap_add(columns, (kh, kw), stride, padding, (height, width))
             return out if bias is None else out + bias[:, None, None]  # float32: no need to round the sums
+        bias_c = None if bias is None else bias.to(dtype)
         return torch.ops.aten.convolution(x_c, weight_c, bias_c, *ctx.geometry)
 
     @staticmethod
@@ -103,10 +103,6 @@ class _Convolution(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.bfloat16 if _cpu_bf16_autocast(x) else torch.float32
-
-
 class Conv2d(nn.Conv2d):
     """``torch.nn.Conv2d``; under CPU bf16 autocast, float32 weight gradients (see the module docstring)."""
 
@@ -120,16 +116,18 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     """``torch.nn.ConvTranspose2d``, computed faster on the CPU (see the module docstring)."""
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        bf16 = _cpu_bf16_autocast(input)
         if (
             input.device.type == "cpu"
             and input.dim() == 4
             and output_size is None
             and self.dilation == (1, 1)
             and self.groups == 1
-            and (input.dtype == torch.float32 or _cpu_bf16_autocast(input))
+            and (bf16 or input.dtype == torch.float32)
         ):
             geometry = (self.stride, self.padding, self.output_padding, True)
-            return _Convolution.apply(input, self.weight, self.bias, *geometry, _compute_dtype(input))
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            return _Convolution.apply(input, self.weight, self.bias, *geometry, dtype)
         return super().forward(input, output_size)
 
 
