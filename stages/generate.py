@@ -1,4 +1,4 @@
-"""Stage 4: samples from the prior, the 2-D latent grid and an interpolation, logged into the same MLflow run."""
+"""Stage: samples from the prior, the 2-D latent grid and an interpolation, in a new MLflow run under training."""
 
 import math
 
@@ -7,6 +7,7 @@ import mlflow
 from vae import paths
 from vae.config import load_params
 from vae.data import CLASS_NAMES
+from vae.dvc_yaml import lineage_params, select
 from vae.generator import (
     encode_means,
     generate_grid,
@@ -15,19 +16,21 @@ from vae.generator import (
     pick_different_classes,
     visualize_samples,
 )
-from vae.stage import resume_run, run_stage
+from vae.stage import run_stage
 from vae.storage import load_model, load_prepared
-from vae.tracking import read_run_id
+from vae.tracking import check_tracking_store, read_run_id, stage_run
 from vae.utils import get_device, set_seed
 
 
 def main() -> None:
     params = load_params(paths.PARAMS)
+    logged_params = select(params.flat(), lineage_params("generate"))
     gen = params.generate
     device = get_device()
     model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
     test = load_prepared(paths.PREPARED_TEST)
-    run_id = read_run_id(paths.RUN_ID)
+    training_run_id = read_run_id(paths.TRAIN_RUN_ID)
+    check_tracking_store()  # before the work: an unreachable server fails in seconds
     set_seed(gen.seed)
     out = paths.GENERATE_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,8 @@ def main() -> None:
     )
     print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}")
 
-    with resume_run(run_id):
+    experiment = params.mlflow.experiment_name
+    with stage_run("generate", experiment, logged_params, training_run_id, device, paths.GENERATE_RUN_ID):
         mlflow.log_artifacts(str(out), artifact_path="generate")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from vae.data import CLASS_NAMES
 from vae.generator import (
     generate_grid,
     generate_samples,
@@ -17,6 +18,7 @@ from vae.generator import (
     visualize_samples,
 )
 from vae.model import VAE
+from vae.plots import plot_latent_space
 
 
 @pytest.fixture
@@ -85,3 +87,24 @@ def test_pngs_are_written_headless(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().lower() == "agg"
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_a_figure_write_cut_short_keeps_the_previous_picture(
+    vae: VAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples, target, latent = generate_samples(vae, 4, 2), tmp_path / "s.png", tmp_path / "latent.png"
+    visualize_samples(samples, (2, 2), save_path=target)
+    plot_latent_space(torch.randn(20, 2), torch.arange(20) % 10, CLASS_NAMES, save_path=latent)
+    before = {path: path.read_bytes() for path in (target, latent)}
+
+    def full_disk(self: Figure, fname: object, **kwargs: object) -> None:
+        Path(str(fname)).write_bytes(b"\x89PNG\r\n\x1a\n half a picture")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        visualize_samples(samples, (2, 2), save_path=target)
+    with pytest.raises(OSError, match="No space left"):
+        plot_latent_space(torch.randn(20, 2), torch.arange(20) % 10, CLASS_NAMES, save_path=latent)
+    assert {path: path.read_bytes() for path in (target, latent)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent.png", "s.png"]  # no temporary left behind

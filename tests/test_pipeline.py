@@ -34,7 +34,9 @@ OUTPUTS = [
     "data/prepared/train.pt",
     "data/prepared/test.pt",
     "models/vae_fashion_mnist.pth",
-    "outputs/mlflow_run_id.txt",
+    "outputs/train_run_id.txt",
+    "outputs/evaluate_run_id.txt",
+    "outputs/generate_run_id.txt",
     "metrics/train.json",
     "metrics/train_history.csv",
     "metrics/evaluate.json",
@@ -121,6 +123,31 @@ def mlflow_runs(root: Path) -> list:
     return client.search_runs([experiment.experiment_id]), client
 
 
+def by_stage(runs: list, stage: str) -> list:
+    """The runs of one pipeline stage (train, evaluate, generate), by their ``pipeline_stage`` tag."""
+    return [r for r in runs if r.data.tags.get("pipeline_stage") == stage]
+
+
+def children(runs: list, parent: object, stage: str) -> list:
+    """The ``stage`` runs nested under the training run ``parent``."""
+    return [r for r in by_stage(runs, stage) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def snapshot(root: Path) -> dict[str, dict]:
+    """Every run's params and full metric histories (step, value, timestamp), by run id."""
+    runs, client = mlflow_runs(root)
+    return {
+        r.info.run_id: {
+            "params": r.data.params,
+            "metrics": {
+                key: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(r.info.run_id, key)]
+                for key in r.data.metrics
+            },
+        }
+        for r in runs
+    }
+
+
 def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[str, str]) -> None:
     for name in OUTPUTS:
         assert (project / name).is_file() and (project / name).stat().st_size > 0, name
@@ -135,13 +162,27 @@ def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[st
         "test_kl_loss",
     }
     history = (project / "metrics/train_history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,loss,") and len(history) == 2
+    assert history[0].startswith("epoch,loss,") and history[0].endswith(",beta") and len(history) == 2
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0 < evaluation["test_reconstruction_loss"] < 1
     assert evaluation["iw_log_likelihood"] >= -evaluation["nelbo"] - 1.0  # K=10 bound, one-sample NELBO noise
     assert evaluation["active_units"] in (0, 1, 2) and 0 <= evaluation["knn_accuracy"] <= 1
     assert evaluation["classifier_frechet_distance"] > 0
     assert 0 <= json.loads((project / "metrics/classifier.json").read_text())["test_accuracy"] <= 1
+
+
+def test_a_one_line_model_change_marks_every_stage_that_runs_the_model_changed(
+    project: Path, env: dict[str, str]
+) -> None:
+    model_file = project / "vae" / "model.py"
+    original = model_file.read_text()
+    model_file.write_text(original.replace("class VAE(", "# one line changed\nclass VAE(", 1))
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], project, env)))
+    finally:
+        model_file.write_text(original)
+    assert {"train", "evaluate", "generate"} <= changed, changed
+    assert "up to date" in run(["dvc", "status"], project, env)
 
 
 def stages_to_rerun(project: Path, env: dict[str, str], **changes: object) -> set[str]:
@@ -194,13 +235,23 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     import mlflow
 
     runs, client = mlflow_runs(project)
-    by_beta = {run.data.params["beta"]: run for run in runs}
-    assert {"500.0", "100.0"} <= set(by_beta), f"runs: {[r.data.params.get('beta') for r in runs]}"
-    for run_ in (by_beta["500.0"], by_beta["100.0"]):
+    training = {run_.data.params["beta"]: run_ for run_ in by_stage(runs, "train")}
+    assert set(training) == {"500.0", "100.0"}, f"training runs: {[r.data.params.get('beta') for r in runs]}"
+    assert len(runs) == 6  # each execution: a training run with an evaluate and a generate run under it
+    for run_ in training.values():
         assert run_.info.status == "FINISHED"
         for key in ("loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"):
             history = client.get_metric_history(run_.info.run_id, key)
             assert [m.step for m in history] == [1], key
+        assert not any(key.startswith("eval_") for key in run_.data.metrics)  # evaluation is a run of its own
+        assert [m.value for m in client.get_metric_history(run_.info.run_id, "beta")] == [
+            float(run_.data.params["beta"])
+        ]
+        # the params training used, not those of stages that may later change without retraining
+        assert {"beta", "train.lr", "data.train_limit", "evaluate.batch_size"} <= set(run_.data.params)
+        assert not any(key.startswith(("generate.", "classifier.", "evaluate.knn")) for key in run_.data.params)
+        assert run_.data.tags["device"] == "cpu" and len(run_.data.tags["git_commit"]) == 40
+        [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
         assert {
             "eval_test_loss",
             "eval_nelbo",
@@ -208,20 +259,26 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
             "eval_active_units",
             "eval_knn_accuracy",
             "eval_classifier_frechet_distance",
-        } <= set(run_.data.metrics)
-        assert [m.value for m in client.get_metric_history(run_.info.run_id, "beta")] == [
-            float(run_.data.params["beta"])
-        ]
-        assert run_.data.tags["device"] == "cpu" and len(run_.data.tags["git_commit"]) == 40
-        logged = {
-            a.path for folder in ("evaluate", "generate") for a in client.list_artifacts(run_.info.run_id, folder)
-        }
+        } <= set(evaluate.data.metrics)
+        assert evaluate.data.params["beta"] == run_.data.params["beta"] and "evaluate.knn_k" in evaluate.data.params
+        assert evaluate.data.tags["training_run_id"] == run_.info.run_id
+        assert "generate.seed" in generate.data.params and "evaluate.knn_k" not in generate.data.params
+        for child in (evaluate, generate):
+            assert child.info.status == "FINISHED" and child.data.tags.get("dvc_exp_name") == run_.data.tags.get(
+                "dvc_exp_name"
+            )
+        logged = {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
+        logged |= {a.path for a in client.list_artifacts(generate.info.run_id, "generate")}
         assert set(IMAGES) <= logged
-    assert by_beta["100.0"].data.tags.get("dvc_exp_name")
+    assert training["100.0"].data.tags.get("dvc_exp_name")
+    # the workspace holds the last experiment (beta=100): its run-id files name its runs
+    [evaluate_100] = children(runs, training["100.0"], "evaluate")
+    assert (project / "outputs/train_run_id.txt").read_text().strip() == training["100.0"].info.run_id
+    assert (project / "outputs/evaluate_run_id.txt").read_text().strip() == evaluate_100.info.run_id
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # runs:/ URIs resolve through it
     try:
-        model = mlflow.pytorch.load_model(f"runs:/{by_beta['100.0'].info.run_id}/model")
+        model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/model")
     finally:
         mlflow.set_tracking_uri(previous_env)
         if previous_env is None:
@@ -229,6 +286,47 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     with torch.inference_mode():
         images = model(torch.randn(5, 2))
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project: Path, env: dict[str, str]) -> None:
+    before = snapshot(project)
+    out = run(["dvc", "exp", "run", "--set-param", "evaluate.knn_k=7"], project, env)
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
+    assert "Running stage 'generate'" not in out, out
+    after = snapshot(project)
+    assert {run_id: after[run_id] for run_id in before} == before  # no earlier run gained or lost a number
+    [new_id] = set(after) - set(before)
+    runs, client = mlflow_runs(project)
+    [new] = [r for r in runs if r.info.run_id == new_id]
+    [training_100] = [r for r in by_stage(runs, "train") if r.data.params["beta"] == "100.0"]
+    assert new.data.tags["pipeline_stage"] == "evaluate" and new.data.tags.get("dvc_exp_name")
+    assert new.data.tags["mlflow.parentRunId"] == training_100.info.run_id  # the run that made the model
+    assert new.data.params["evaluate.knn_k"] == "7" and new.data.params["beta"] == "100.0"
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert new.data.metrics["eval_knn_accuracy"] == pytest.approx(evaluation["knn_accuracy"])
+    assert (project / "outputs/evaluate_run_id.txt").read_text().strip() == new_id
+    print(f"\nnew evaluate run {new_id} under training run {training_100.info.run_id}:")
+    for key in ("eval_knn_accuracy", "eval_nelbo"):
+        print(f"  {key}: {[(m.step, m.value) for m in client.get_metric_history(new_id, key)]}")
+
+
+def test_run_cache_restored_training_then_new_generate_params(project: Path, env: dict[str, str]) -> None:
+    """Train and evaluate come back from DVC's run cache; generate runs anew, in a run of its own."""
+    before = snapshot(project)
+    out = run(["dvc", "exp", "run", "-S", "beta=500", "-S", "evaluate.knn_k=5", "-S", "generate.seed=3"], project, env)
+    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" not in out, out
+    assert "Running stage 'generate'" in out, out
+    after = snapshot(project)
+    assert {run_id: after[run_id] for run_id in before} == before
+    [new_id] = set(after) - set(before)
+    runs, _ = mlflow_runs(project)
+    [new] = [r for r in runs if r.info.run_id == new_id]
+    [training_500] = [r for r in by_stage(runs, "train") if r.data.params["beta"] == "500.0"]
+    assert (project / "outputs/train_run_id.txt").read_text().strip() == training_500.info.run_id  # restored
+    assert new.data.tags["pipeline_stage"] == "generate"
+    assert new.data.tags["mlflow.parentRunId"] == training_500.info.run_id
+    assert new.data.params["generate.seed"] == "3" and new.data.params["beta"] == "500.0"
+    assert (project / "outputs/generate_run_id.txt").read_text().strip() == new_id
 
 
 def free_port() -> int:
@@ -277,9 +375,10 @@ def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[s
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50"], project, env)
     run(["dvc", "exp", "run", "--run-all"], project, env)
     runs, _ = mlflow_runs(project)
-    queued = [r for r in runs if r.data.params.get("beta") == "50.0"]
+    queued = [r for r in by_stage(runs, "train") if r.data.params.get("beta") == "50.0"]
     assert len(queued) == 1 and queued[0].info.status == "FINISHED"
-    artifact_dir = Path(queued[0].info.artifact_uri.removeprefix("file://"))
+    [generate] = children(runs, queued[0], "generate")
+    artifact_dir = Path(generate.info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
 
 
@@ -297,13 +396,16 @@ def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> Non
     assert status.count("Success") == 4, status
 
     runs, client = mlflow_runs(root)
-    assert sorted(r.data.params["beta"] for r in runs) == sorted(betas)  # exactly four: none lost, none twice
-    for run_ in runs:
+    training = by_stage(runs, "train")
+    assert sorted(r.data.params["beta"] for r in training) == sorted(betas)  # exactly four: none lost, none twice
+    assert len(runs) == 3 * len(betas)
+    for run_ in training:
         assert run_.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run_.info.run_id, "test_loss")] == [1, 2]
-        logged = {
-            a.path for folder in ("evaluate", "generate") for a in client.list_artifacts(run_.info.run_id, folder)
-        }
+        [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
+        logged = {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
+        logged |= {a.path for a in client.list_artifacts(generate.info.run_id, "generate")}
         assert set(IMAGES) <= logged
+        assert evaluate.data.params["beta"] == run_.data.params["beta"]
         assert client.list_artifacts(run_.info.run_id, "checkpoint")
-    assert len(client.search_logged_models([runs[0].info.experiment_id])) == 4
+    assert len(client.search_logged_models([runs[0].info.experiment_id])) == len(betas)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,12 +27,13 @@ EPOCHS = 5  # of the kill-and-resume runs: the kill lands after epoch 1 and well
 
 
 def make_project(root: Path, source: Path, **train: object) -> Path:
-    """A folder with params.yaml and prepared data, ready for `python stages/train.py`."""
+    """A folder with params.yaml, dvc.yaml and prepared data, ready for `python stages/train.py`."""
     root.mkdir(parents=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["epochs"] = train.pop("epochs", 3)
     params["train"].update(train)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")  # the train stage reads its params keys from it
     save_prepared(read_split(source, "train"), root / "data/prepared/train.pt")
     save_prepared(read_split(source, "test"), root / "data/prepared/test.pt")
     return root
@@ -116,6 +118,7 @@ def test_changed_params_start_afresh(tmp_path: Path, source: Path) -> None:
     params["train"]["lr"] = 0.002
     params["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")  # the train stage reads its params keys from it
     result = subprocess.run(TRAIN, cwd=root, env=env_for(root), capture_output=True, text=True)
     assert result.returncode == 0 and "other params or data; starting from epoch 1" in result.stdout
 

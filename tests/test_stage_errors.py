@@ -6,6 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from vae.data import FashionMNISTSplit
+from vae.model import VAE
+from vae.storage import save_model, save_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +23,8 @@ def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 
 
@@ -48,3 +54,26 @@ def test_missing_data_source_lists_files(project: Path, monkeypatch: pytest.Monk
 
 def test_missing_model_for_evaluate(project: Path) -> None:
     assert_one_line_error(run_stage("evaluate", project), "evaluate: error:", "vae_fashion_mnist.pth")
+
+
+@pytest.mark.parametrize("content", ["", "not a run id!\n"])
+def test_bad_training_run_id_file_is_one_line_and_names_it(project: Path, content: str) -> None:
+    save_model(VAE(latent_dim=2), project / "models" / "vae_fashion_mnist.pth")
+    save_prepared(
+        FashionMNISTSplit(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.arange(4)),
+        project / "data/prepared/test.pt",
+    )
+    (project / "outputs").mkdir()
+    (project / "outputs" / "train_run_id.txt").write_text(content)
+    for stage in ("generate",):
+        assert_one_line_error(
+            run_stage(stage, project), f"{stage}: error:", "outputs/train_run_id.txt", "dvc repro train"
+        )
+    (project / "outputs" / "train_run_id.txt").unlink()
+    assert_one_line_error(run_stage("generate", project), "outputs/train_run_id.txt: no MLflow run id")
+    assert not (project / "outputs" / "generate").exists() and not (project / "mlflow.db").exists()
+
+
+def test_missing_dvc_yaml_is_one_line(project: Path) -> None:
+    (project / "dvc.yaml").unlink()
+    assert_one_line_error(run_stage("evaluate", project), "evaluate: error:", "dvc.yaml", "project root")

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from vae.model import VAE
+from vae.storage import atomic_write
 from vae.utils import batch_images, model_device
 
 
@@ -134,10 +135,15 @@ def _image_figure(grid: torch.Tensor, figsize: tuple[float, float], title: str |
     return fig
 
 
-def _save(fig: Figure, save_path: Path | str | None) -> None:
-    if save_path is not None:
-        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_path, dpi=100, bbox_inches="tight")
+def save_figure(fig: Figure, save_path: Path | str | None, **savefig_kwargs: object) -> None:
+    """Write ``fig`` atomically (a temporary file, then a rename) when given a path; the format follows its suffix.
+
+    A write cut short (a full disk, a kill) leaves the previous picture, never a truncated one.
+    """
+    if save_path is None:
+        return
+    image_format = Path(save_path).suffix.lstrip(".").lower() or "png"
+    atomic_write(save_path, lambda tmp: fig.savefig(tmp, format=image_format, dpi=100, **savefig_kwargs))
 
 
 def visualize_samples(
@@ -152,7 +158,7 @@ def visualize_samples(
         raise ValueError(f"{len(samples)} samples do not fit a {rows}×{cols} grid")
     grid = make_grid(samples.detach().cpu().float(), nrow=cols, padding=2, pad_value=1.0)
     fig = _image_figure(grid, (1.2 * cols, 1.2 * rows + (0.4 if title else 0)), title)
-    _save(fig, save_path)
+    save_figure(fig, save_path, bbox_inches="tight")
     return fig
 
 
@@ -182,5 +188,5 @@ def visualize_reconstruction(
     recon = reconstruct(vae, originals, device)
     grid = make_grid(torch.cat([originals, recon]), nrow=len(originals), padding=2, pad_value=1.0)
     fig = _image_figure(grid, (1.2 * len(originals), 2.8), "originals (top) and reconstructions (bottom)")
-    _save(fig, save_path)
+    save_figure(fig, save_path, bbox_inches="tight")
     return fig

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
 PREPARED_DIR = Path("data") / "prepared"
 PREPARED_TRAIN = PREPARED_DIR / "train.pt"
 PREPARED_TEST = PREPARED_DIR / "test.pt"
@@ -12,7 +13,10 @@ TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 OUTPUTS = Path("outputs")
-RUN_ID = OUTPUTS / "mlflow_run_id.txt"
+# the MLflow run each stage execution logged to (evaluate and generate runs are children of the train run)
+TRAIN_RUN_ID = OUTPUTS / "train_run_id.txt"
+EVALUATE_RUN_ID = OUTPUTS / "evaluate_run_id.txt"
+GENERATE_RUN_ID = OUTPUTS / "generate_run_id.txt"
 EVALUATE_DIR = OUTPUTS / "evaluate"
 GENERATE_DIR = OUTPUTS / "generate"
 CLASSIFIER = Path("models") / "fmnist_classifier.pth"

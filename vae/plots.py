@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
+from vae.generator import save_figure
+
 
 def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, str]:
     """(N, D) → (N, 2): the points themselves when D ≤ 2, else their first two principal components.
@@ -48,7 +50,5 @@ def plot_latent_space(
     ax.set_title(title or f"latent means of {len(means)} test images ({means.shape[1]}-D)")
     ax.legend(markerscale=4, loc="best", fontsize="small")
     fig.tight_layout()
-    if save_path is not None:
-        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_path, dpi=100)
+    save_figure(fig, save_path)
     return fig

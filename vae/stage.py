@@ -1,12 +1,11 @@
-"""What every stage script shares: one-line errors for user mistakes, result files, the shared MLflow run."""
+"""What every stage script shares: one-line errors for user mistakes, result files."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from vae.classifier import ClassifierTooWeakError
@@ -53,15 +52,3 @@ def write_history_csv(history: Mapping[str, Sequence[float]], path: Path) -> Non
                 writer.writerow([i + 1, *(f"{history[k][i]:.6g}" for k in keys)])
 
     atomic_write(path, write)
-
-
-@contextmanager
-def resume_run(run_id: str) -> Iterator[object]:
-    """Reopen the train stage's MLflow run so evaluate and generate log into the same run."""
-    import mlflow
-
-    from vae.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run

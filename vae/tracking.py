@@ -1,4 +1,10 @@
-"""MLflow tracking for the pipeline: one run per pipeline execution, shared by its stages.
+"""MLflow tracking for the pipeline: a run per stage execution, evaluate and generate nested under training.
+
+The train stage's run holds what training did (its params, per-epoch losses,
+the model); each execution of evaluate or generate opens a new child run of
+the training run that made its model, with the params that shaped its results.
+So no execution ever writes into another one's run, and the training run
+behind any result is its parent.
 
 The store defaults to ``sqlite:///<project root>/mlflow.db`` — the same file a
 plain ``mlflow ui`` opens from the project root — and ``MLFLOW_TRACKING_URI``
@@ -13,15 +19,20 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vae.model import VAE
-from vae.paths import RUN_ID as RUN_ID_FILE
+from vae.storage import atomic_write
+
+if TYPE_CHECKING:
+    import mlflow
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
@@ -125,18 +136,64 @@ def setup_experiment(experiment_name: str) -> str:
     return experiment_id
 
 
-def run_name(beta: float, latent_dim: int) -> str:
-    """A recognisable run name: the DVC experiment's name when there is one, and the key params."""
+def run_name(stage: str, beta: float | None = None, latent_dim: int | None = None) -> str:
+    """A recognisable run name: the DVC experiment's name when there is one, then what the run is.
+
+    Training runs are named by their key params (``beta=500 latent=2``), the
+    evaluate and generate runs nested under them by their stage.
+    """
     exp = os.environ.get("DVC_EXP_NAME")
-    return f"{exp + ' ' if exp else ''}beta={beta:g} latent={latent_dim}"
+    what = f"beta={beta:g} latent={latent_dim}" if stage == "train" else stage
+    return f"{exp + ' ' if exp else ''}{what}"
 
 
-def run_tags(device: object) -> dict[str, str]:
-    """Tags that say where a run came from: device, git commit, DVC experiment name."""
-    tags = {"device": str(device), "git_commit": git_commit() or "unknown"}
+def run_tags(device: object, stage: str) -> dict[str, str]:
+    """Tags that say where a run came from: pipeline stage, device, git commit, DVC experiment name."""
+    tags = {"pipeline_stage": stage, "device": str(device), "git_commit": git_commit() or "unknown"}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    experiment_name: str,
+    params: Mapping[str, Any],
+    training_run_id: str,
+    device: object,
+    run_id_file: Path,
+) -> Iterator[mlflow.ActiveRun]:
+    """A new MLflow run for one execution of ``stage`` (evaluate, generate), nested under its training run.
+
+    Every execution gets a run of its own, so an experiment that reruns
+    evaluate alone (``dvc exp run -S evaluate.knn_k=7``) never writes into
+    another execution's run. The run logs ``params`` (the params that shaped
+    its results), is a child of ``training_run_id`` (the run that made the
+    model, named by the train stage's run-id file), and its id is written to
+    ``run_id_file`` once the block ends without error. When the training run is
+    not in this store (another ``MLFLOW_TRACKING_URI``), the run is logged
+    without a parent and says so on stderr; the ``training_run_id`` tag keeps
+    the link either way.
+    """
+    import mlflow
+
+    setup_experiment(experiment_name)
+    parent = training_run_id
+    try:
+        mlflow.MlflowClient().get_run(training_run_id)
+    except mlflow.exceptions.MlflowException:
+        parent = None
+        print(
+            f"{stage}: note: training run {training_run_id} is not in {mlflow.get_tracking_uri()}; "
+            "logging this run without a parent",
+            file=sys.stderr,
+        )
+    tags = run_tags(device, stage) | {"training_run_id": training_run_id}
+    with mlflow.start_run(run_name=run_name(stage), parent_run_id=parent, tags=tags) as run:
+        mlflow.log_params(dict(params))
+        yield run
+        write_run_id(run.info.run_id, run_id_file)
 
 
 def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
@@ -171,17 +228,21 @@ def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
     mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
 
 
-def write_run_id(run_id: str, path: Path = RUN_ID_FILE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n")
+def write_run_id(run_id: str, path: Path) -> None:
+    """Write the id of a stage's MLflow run, atomically (a DVC output of that stage)."""
+    atomic_write(path, lambda tmp: tmp.write_text(run_id + "\n"))
 
 
-def read_run_id(path: Path = RUN_ID_FILE) -> str:
-    """The run started by the train stage, for evaluate and generate to log into."""
+def read_run_id(path: Path) -> str:
+    """The MLflow run id a stage wrote to ``path`` (the train stage's, for evaluate and generate).
+
+    Raises:
+        TrackingError: the file is missing or holds no run id; names the file.
+    """
     try:
         run_id = path.read_text().strip()
     except OSError:
-        raise FileNotFoundError(f"{path}: no MLflow run id; run the train stage first (dvc repro train)") from None
-    if not run_id:
-        raise ValueError(f"{path}: empty MLflow run id; rerun the train stage (dvc repro train)")
+        raise TrackingError(f"{path}: no MLflow run id; run the train stage first (dvc repro train)") from None
+    if not run_id or not run_id.isalnum():
+        raise TrackingError(f"{path}: {run_id!r} is not an MLflow run id; rerun the train stage (dvc repro train)")
     return run_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -12,6 +13,7 @@ from vae import paths
 from vae.batches import TensorBatches
 from vae.config import Params, ParamsError
 from vae.data import FashionMNISTSplit
+from vae.dvc_yaml import lineage_params, select, stage_params
 from vae.model import VAE
 from vae.resume import (
     STATE_FILE,
@@ -30,13 +32,14 @@ from vae.tracking import check_tracking_store, log_model, run_name, run_tags, se
 from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
 from vae.utils import set_seed
 
-# What a training run depends on: a change to any of these makes a saved state belong to another run.
-TRAIN_KEYS = ("beta", "beta_schedule", "latent_dim", "epochs", "train", "evaluate.batch_size", "mlflow.experiment_name")
 
+def training_settings(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
+    """The params the train stage declares in dvc.yaml, with their values: what a saved state must match.
 
-def _settings(params: Params) -> dict:
-    flat = params.flat()
-    return {k: v for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in TRAIN_KEYS)}
+    The same keys make DVC rerun train, so a state is resumed exactly when DVC
+    would rerun the same training.
+    """
+    return select(params.flat(), stage_params("train", dvc_yaml))
 
 
 def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: Callable[[int], float]) -> None:
@@ -73,7 +76,7 @@ def train_pipeline(
     train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
     test_batches = TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device)
 
-    run_fingerprint = fingerprint(_settings(params), prepared_files)
+    run_fingerprint = fingerprint(training_settings(params), prepared_files)
     state, note = load_state(run_fingerprint, state_file)
     print(f"train: {note}")
     history: dict[str, list[float]] = {}
@@ -85,11 +88,15 @@ def train_pipeline(
         history, start_epoch, run_id = state.history, state.epoch + 1, state.run_id
 
     setup_experiment(params.mlflow.experiment_name)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name(params.beta, params.latent_dim)) as run:
+    name = None if run_id else run_name("train", params.beta, params.latent_dim)
+    with mlflow.start_run(run_id=run_id, run_name=name) as run:
         if run_id is None:
-            mlflow.log_params(params.flat())
+            # the params of train and of the stages feeding it: not evaluate's or generate's, which
+            # later executions may change without retraining (each logs them in a run of its own)
+            mlflow.log_params(select(params.flat(), lineage_params("train")))
             mlflow.set_tags(
-                run_tags(device) | {"train_images": len(train), "test_images": len(test), "precision": precision}
+                run_tags(device, "train")
+                | {"train_images": len(train), "test_images": len(test), "precision": precision}
             )
         else:
             _log_missing_epochs(run_id, history, params.beta_at)
@@ -128,8 +135,10 @@ def train_pipeline(
         )
         save_model(model, paths.MODEL)
         write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
-        write_history_csv(history, paths.TRAIN_HISTORY)
+        write_history_csv(
+            history | {"beta": [params.beta_at(e) for e in range(1, params.epochs + 1)]}, paths.TRAIN_HISTORY
+        )
         log_model(model, paths.MODEL)
-        write_run_id(run.info.run_id, paths.RUN_ID)
+        write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
     clear_state(state_file)  # finished: a later run with the same inputs trains afresh
     return history
