@@ -223,6 +223,7 @@ def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
             name=name,
             signature=infer_signature(example.numpy(), output.numpy()),
             input_example=example.numpy(),
+            serialization_format="pt2",  # an exported graph: loading it needs no install of this project
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
     mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
