@@ -8,6 +8,7 @@ steps, so that a slow spell of a shared machine hits both alike. Prints the
 median images/s of each, the ratio b/a, and the peak memory.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128] [--precision fp32]
+                                          [--no-fast-cpu]
 
 (a) "usual": torchvision ``FashionMNIST`` with ``Pad(2)`` + ``ToTensor()`` per image,
     ``DataLoader(batch_size, shuffle=True, num_workers=0)``, the model with
@@ -17,8 +18,12 @@ median images/s of each, the ratio b/a, and the peak memory.
     device, :class:`vae.batches.TensorBatches`, :func:`vae.trainer.configure_performance`,
     :func:`vae.trainer.make_optimizer` (fused Adam),
     :func:`vae.trainer.train_one_epoch` (no per-image work, no per-step sync),
-    the model's :mod:`vae.layers` convolutions and ``train.precision`` (default
+    the :mod:`vae.fast_cpu` convolutions and allocator setting (``--no-fast-cpu``
+    leaves them out, to measure what they buy) and ``train.precision`` (default
     auto: bf16 on CPUs with AVX512-BF16 or AMX).
+
+It prints which vector instructions the CPU offers: the figures of a CPU with
+AVX-512 and native bf16 say little about one with AVX2 alone.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from pathlib import Path
 
 import torch
 
+from vae import fast_cpu
+from vae.config import PRECISIONS
 from vae.data import SPLIT_FILES, read_split, resolve_data_dir
-from vae.layers import with_torch_nn_layers
 from vae.loss import vae_loss_function
 from vae.model import VAE
-from vae.trainer import PRECISIONS, resolve_precision
+from vae.pipeline.runner import run_stage
+from vae.trainer import resolve_precision
 from vae.utils import get_device
 
 _state: dict = {}  # the worker process's model, optimizer and batches between rounds
@@ -93,7 +100,7 @@ def _setup_usual(args: dict) -> None:
         transform=transforms.Compose([transforms.Pad(2), transforms.ToTensor()]),
     )
     loader = DataLoader(Subset(dataset, range(args["images"])), batch_size=args["batch_size"], shuffle=True)
-    model = with_torch_nn_layers(_model(args, device))  # stock PyTorch layers, same weights
+    model = _model(args, device)  # plain torch.nn, the same weights
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     stream = itertools.chain.from_iterable(itertools.repeat(loader))  # endless, reshuffled each pass
 
@@ -121,6 +128,9 @@ def _setup_project(args: dict) -> None:
     torch.manual_seed(0)
     images = read_split(args["source"], "train", args["images"]).images
     model = configure_performance(device, _model(args, device))
+    if args["fast_cpu"]:
+        fast_cpu.keep_freed_memory()  # as the train stage's entry point does
+        fast_cpu.enable(model)
     optimizer = make_optimizer(model, lr=1e-3)
     stream = itertools.chain.from_iterable(
         itertools.repeat(TensorBatches(images, args["batch_size"], seed=0, device=device))
@@ -161,6 +171,7 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="of path (b), as train.precision (default: auto)"
     )
+    parser.add_argument("--no-fast-cpu", action="store_true", help="path (b) without vae.fast_cpu")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: FASHION_MNIST_DIR, data/...)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     cli = parser.parse_args()
@@ -178,6 +189,7 @@ def main() -> None:
             "batch_size": cli.batch_size,
             "warmup": cli.warmup,
             "precision": cli.precision,
+            "fast_cpu": not cli.no_fast_cpu,
             "weights": str(weights),
             "source": str(source),
             "tv_root": str(_torchvision_root(source, Path(tmp))),
@@ -197,19 +209,39 @@ def main() -> None:
 
     speed = {path: statistics.median(r["images_per_s"] for r in rounds) for path, rounds in results.items()}
     peak = {path: rounds[-1]["peak_mb"] for path, rounds in results.items()}
-    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else _cpu_name()
     print(f"device: {cli.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"CPU: {_cpu_features()}")
     print(
         f"{cli.images} images, batch size {cli.batch_size}, {cli.rounds} rounds of {cli.steps} timed steps "
         f"per path after {cli.warmup} warm-up steps"
     )
     memory = "GPU memory allocated" if cli.device.startswith("cuda") else "process RSS"
-    for path, label in (("usual", "(a) usual loop"), ("project", f"(b) project path, {cli.precision}")):
-        print(f"{label + ':':25s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
+    project = f"(b) project path, {cli.precision}{', no fast_cpu' if cli.no_fast_cpu else ''}"
+    for path, label in (("usual", "(a) usual loop"), ("project", project)):
+        print(f"{label + ':':36s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
     print(f"ratio b/a: {speed['project'] / speed['usual']:.2f}x")
     if cli.json:
         print(json.dumps({"images_per_s": speed, "peak_mb": peak, "rounds": results, "args": vars(cli)}))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _cpu_features() -> str:
+    """What PyTorch's CPU kernels can use here: the vector ISA, and native bf16 (AVX512-BF16, AMX)."""
+    probes = {"AVX512-BF16": "_is_avx512_bf16_supported", "AMX": "_is_amx_tile_supported"}
+    native = [name for name, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{capability}, native bf16: {', '.join(native) if native else 'no (emulated, slower)'}"
+
+
 if __name__ == "__main__":
-    main()
+    run_stage("benchmark", main)

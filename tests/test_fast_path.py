@@ -7,9 +7,9 @@ import torch
 from conftest import write_fashion_mnist
 from torch.utils.data import DataLoader
 
+from vae import fast_cpu
 from vae.batches import TensorBatches
 from vae.data import read_split
-from vae.layers import with_torch_nn_layers
 from vae.loss import vae_loss_from_logits
 from vae.model import VAE
 from vae.trainer import configure_performance, evaluate_vae, make_optimizer, train_vae_model, vae_loss_function
@@ -34,8 +34,8 @@ def test_same_first_batch_loss_as_the_usual_loop(tmp_path: Path) -> None:
     assert torch.equal(usual_x, ours_x)  # same pixels, bit for bit
 
     torch.manual_seed(0)
-    model = with_torch_nn_layers(VAE(latent_dim=2))  # the usual loop's stock PyTorch layers
-    fast = configure_performance(CPU, VAE(latent_dim=2))
+    model = VAE(latent_dim=2)  # the usual loop's stock PyTorch layers
+    fast = fast_cpu.enable(configure_performance(CPU, VAE(latent_dim=2)))  # the train stage's
     fast.load_state_dict(model.state_dict())
 
     torch.manual_seed(1)
@@ -52,7 +52,7 @@ def test_same_first_batch_loss_as_the_usual_loop(tmp_path: Path) -> None:
 def test_fast_path_training_lowers_the_loss(real_data_dir: Path) -> None:
     set_seed(0)
     images = read_split(real_data_dir, "train", limit=512).images
-    model = configure_performance(CPU, VAE(latent_dim=2))
+    model = fast_cpu.enable(configure_performance(CPU, VAE(latent_dim=2)))
     batches = TensorBatches(images, 32, seed=0)
     before = evaluate_vae(model, TensorBatches(images, 256, shuffle=False), CPU, beta=500.0).loss
     history = train_vae_model(model, batches, make_optimizer(model, 1e-3), CPU, epochs=1, progress=False)
@@ -94,7 +94,7 @@ def test_bf16_training_tracks_fp32_and_keeps_float32_weights() -> None:
     histories = {}
     for precision in ("fp32", "bf16"):
         set_seed(0)
-        model = configure_performance(CPU, VAE(latent_dim=2))
+        model = fast_cpu.enable(configure_performance(CPU, VAE(latent_dim=2)))
         batches = TensorBatches(images, 32, seed=0)
         histories[precision] = train_vae_model(
             model, batches, make_optimizer(model, 1e-3), CPU, epochs=2, progress=False, precision=precision

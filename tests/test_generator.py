@@ -14,11 +14,11 @@ from vae.generator import (
     interpolate_latent,
     latent_grid,
     latent_path,
+    plot_latent_space,
     visualize_reconstruction,
     visualize_samples,
 )
 from vae.model import VAE
-from vae.plots import plot_latent_space
 
 
 @pytest.fixture

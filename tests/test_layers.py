@@ -1,11 +1,11 @@
-"""vae.layers computes what torch.nn's convolutions compute, only faster on the CPU."""
+"""vae.fast_cpu computes what torch.nn's convolutions compute, only faster on the CPU."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.layers import Conv2d, ConvTranspose2d, with_torch_nn_layers
+from vae.fast_cpu import Conv2d, ConvTranspose2d, enable, with_torch_nn_layers
 from vae.loss import vae_loss_from_logits
 from vae.model import VAE
 from vae.trainer import resolve_precision
@@ -60,12 +60,15 @@ def test_bf16_autocast_gives_bf16_outputs_and_float32_weight_gradients() -> None
             torch.testing.assert_close(g.float(), e.float(), rtol=0.02, atol=0.02 * e.abs().max().item())
 
 
-def test_with_torch_nn_layers_keeps_weights_and_function() -> None:
+def test_enable_and_undo_keep_weights_keys_and_function() -> None:
     torch.manual_seed(0)
-    ours = VAE(latent_dim=3)
-    stock = with_torch_nn_layers(VAE(latent_dim=3))
+    ours = enable(VAE(latent_dim=3))
+    assert {Conv2d, ConvTranspose2d} <= {type(m) for m in ours.modules()}
+    assert nn.Conv2d not in {type(m) for m in ours.modules()}  # every convolution swapped
+    stock = VAE(latent_dim=3)  # plain torch.nn: the state dict of a fast model loads as it is
     stock.load_state_dict(ours.state_dict())
-    kinds = {type(m) for m in stock.modules()}
+    assert list(stock.state_dict()) == list(ours.state_dict())
+    kinds = {type(m) for m in with_torch_nn_layers(enable(VAE(latent_dim=3))).modules()}
     assert nn.ConvTranspose2d in kinds and ConvTranspose2d not in kinds and Conv2d not in kinds
     z = torch.randn(5, 3)
     torch.testing.assert_close(ours.decode(z), stock.decode(z), rtol=1e-5, atol=1e-6)

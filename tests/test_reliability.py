@@ -18,7 +18,7 @@ import yaml
 from conftest import write_fashion_mnist
 
 from vae.data import read_split
-from vae.resume import STATE_FILE
+from vae.pipeline.resume import STATE_FILE
 from vae.storage import save_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,8 +143,8 @@ def test_non_finite_loss_keeps_the_last_good_state(
 ) -> None:
     import vae.trainer
     from vae.config import load_params
+    from vae.pipeline.train import train_pipeline
     from vae.storage import load_prepared
-    from vae.train_run import train_pipeline
     from vae.trainer import NonFiniteLossError
 
     root = make_project(tmp_path / "p", source, epochs=3, batch_size=256)  # 6 steps an epoch

@@ -140,7 +140,7 @@ def test_stale_temporaries_of_a_killed_write_are_removed_and_nothing_else(tmp_pa
 def test_interrupts_deferred_delivers_ctrl_c_after_the_block() -> None:
     import signal
 
-    from vae.resume import interrupts_deferred
+    from vae.pipeline.resume import interrupts_deferred
 
     finished = False
     with pytest.raises(KeyboardInterrupt):

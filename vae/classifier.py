@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from vae.batches import TensorBatches
+from vae.errors import UserError
 from vae.storage import CheckpointError, _torch_load, atomic_torch_save
-from vae.utils import batch_images, model_device
+from vae.utils import batch_images, evaluating, model_device
 
 FEATURES = 128
 
 
-class ClassifierTooWeakError(RuntimeError):
+class ClassifierTooWeakError(UserError, RuntimeError):
     """The classifier missed its accuracy floor; its features would not measure sample quality."""
 
 
@@ -29,13 +30,17 @@ class FashionClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        # stride-2 convolutions rather than pooling: a quarter of the work, accuracy enough for features
+        # stride-2 convolutions rather than pooling: a quarter of the work, accuracy enough for features;
+        # batch norm lifts 5 epochs from ~0.90 to ~0.91 test accuracy at the same cost
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, stride=2, padding=1),
+            nn.Conv2d(1, 32, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(32),
             nn.ReLU(inplace=True),  # 16×16
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),  # 8×8
-            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),  # 4×4
             nn.Flatten(),
             nn.Linear(128 * 4 * 4, FEATURES),
@@ -81,21 +86,21 @@ def train_classifier(
 @torch.inference_mode()
 def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Fraction of ``images`` classified as ``labels``."""
-    model.eval()
     device = model_device(model)
     correct = 0
-    for batch, batch_labels in zip(images.split(batch_size), labels.split(batch_size)):
-        predicted = model(batch_images(batch, device)).argmax(1).cpu()
-        correct += int((predicted == batch_labels).sum())
+    with evaluating(model):
+        for batch, batch_labels in zip(images.split(batch_size), labels.split(batch_size)):
+            predicted = model(batch_images(batch, device)).argmax(1).cpu()
+            correct += int((predicted == batch_labels).sum())
     return correct / len(images)
 
 
 @torch.inference_mode()
 def features(model: FashionClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Penultimate activations (N, 128) on the CPU of images (N, 1, 32, 32), float in [0, 1] or uint8."""
-    model.eval()
     device = model_device(model)
-    return torch.cat([model.features(batch_images(batch, device)).cpu() for batch in images.split(batch_size)])
+    with evaluating(model):
+        return torch.cat([model.features(batch_images(batch, device)).cpu() for batch in images.split(batch_size)])
 
 
 def save_classifier(model: FashionClassifier, path) -> None:

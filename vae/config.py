@@ -1,107 +1,117 @@
-"""The pipeline's parameters: ``params.yaml`` read and validated in one place.
+"""The pipeline's parameters: ``params.yaml`` read and validated in one place, with pydantic.
 
-Every key is declared once below, with its type and allowed range; anything
-else in the file (a missing key, a wrong type, a value out of range, an unknown
-key such as a typo) raises :class:`ParamsError` with a one-line message naming
-the key, the value and what is allowed.
+Every key is declared once below, with its type and allowed range. pydantic
+checks the file (strict types, ``extra="forbid"`` so that a typo is an unknown
+key); anything wrong raises :class:`ParamsError` with one line naming the key,
+the value and what is allowed, e.g. ``params.yaml: epochs = 0 is out of range:
+it must be >= 1``. Reading the params needs neither torch nor MLflow.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from vae.trainer import PRECISIONS
+from vae.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
+# train.precision: "auto" (bf16 autocast on CPUs that compute bf16 natively, else fp32), "fp32" or "bf16"
+PRECISIONS = ("auto", "fp32", "bf16")
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """params.yaml holds something the pipeline cannot use; the message names key and value."""
 
 
-def _range(*, gt: float | None = None, ge: float | None = None, le: float | None = None) -> dict[str, Any]:
-    return {"metadata": {"gt": gt, "ge": ge, "le": le}}
+def _number_from_text(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: take such strings as the number they spell."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
-def _choices(*allowed: str) -> dict[str, Any]:
-    return {"metadata": {"choices": allowed}}
+def _list_as_tuple(value: Any) -> Any:
+    """YAML has lists, not tuples: a list is the tuple it spells (its items are still checked strictly)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
-@dataclass(frozen=True)
-class DataParams:
-    train_limit: int | None = field(**_range(ge=1))  # keep the first N images; null keeps all
-    test_limit: int | None = field(**_range(ge=1))
+Number = Annotated[float, BeforeValidator(_number_from_text), Field(allow_inf_nan=False)]
+Text = Annotated[str, Field(pattern=r"\S")]  # a non-empty string, not only blanks
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    lr: float = field(**_range(gt=0))
-    batch_size: int = field(**_range(ge=1))
-    seed: int = field(**_range(ge=0))
-    # auto, fp32, or bf16 autocast for the forward pass (see vae.trainer.resolve_precision)
-    precision: str = field(**_choices(*PRECISIONS))
+class _Section(BaseModel):
+    # strict: no quiet coercion ("3" is not 3, 2.5 and true are not integers); an int is still a float
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-@dataclass(frozen=True)
-class BetaScheduleParams:
+class DataParams(_Section):
+    train_limit: Annotated[int, Field(ge=1)] | None  # keep the first N images; null keeps all
+    test_limit: Annotated[int, Field(ge=1)] | None
+
+
+class TrainParams(_Section):
+    lr: Annotated[Number, Field(gt=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+    seed: Annotated[int, Field(ge=0)]
+    precision: Literal[PRECISIONS]  # see vae.trainer.resolve_precision
+
+
+class BetaScheduleParams(_Section):
     """β per epoch: ``constant`` (β every epoch) or ``linear`` from ``start`` at epoch 1 to β at
     epoch ``warmup_epochs`` and after. β weights the reconstruction term, so the usual KL
     warm-up (little KL pressure early) is a ``start`` *above* β."""
 
-    kind: str = field(**_choices("constant", "linear"))
-    start: float = field(**_range(ge=0))
-    warmup_epochs: int = field(**_range(ge=1))
+    kind: Literal["constant", "linear"]
+    start: Annotated[Number, Field(ge=0)]
+    warmup_epochs: Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    num_reconstructions: int = field(**_range(ge=1, le=100))
-    batch_size: int = field(**_range(ge=1))
-    iw_samples: int = field(**_range(ge=1, le=10_000))  # K of the importance-weighted log-likelihood
-    knn_k: int = field(**_range(ge=1, le=100))  # neighbours of the latent-space classifier
-    fd_samples: int = field(**_range(ge=2))  # generated samples for the Fréchet distance
+class EvaluateParams(_Section):
+    num_reconstructions: Annotated[int, Field(ge=1, le=100)]
+    batch_size: Annotated[int, Field(ge=1)]
+    iw_samples: Annotated[int, Field(ge=1, le=10_000)]  # K of the importance-weighted log-likelihood
+    knn_k: Annotated[int, Field(ge=1, le=100)]  # neighbours of the latent-space classifier
+    fd_samples: Annotated[int, Field(ge=2)]  # generated samples for the Fréchet distance
+    seed: Annotated[int, Field(ge=0)]  # of the noise of the sampled metrics (losses, NELBO, IW, FD samples)
 
 
-@dataclass(frozen=True)
-class ClassifierParams:
-    epochs: int = field(**_range(ge=1))
-    lr: float = field(**_range(gt=0))
-    batch_size: int = field(**_range(ge=1))
-    seed: int = field(**_range(ge=0))
-    min_accuracy: float = field(**_range(ge=0, le=1))  # the stage fails below this test accuracy
+class ClassifierParams(_Section):
+    epochs: Annotated[int, Field(ge=1)]
+    lr: Annotated[Number, Field(gt=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+    seed: Annotated[int, Field(ge=0)]
+    min_accuracy: Annotated[Number, Field(ge=0, le=1)]  # the stage fails below this test accuracy
 
 
-@dataclass(frozen=True)
-class GenerateParams:
-    num_samples: int = field(**_range(ge=1, le=1000))
-    samples_per_row: int = field(**_range(ge=1, le=100))
-    grid_size: int = field(**_range(ge=2, le=50))
-    grid_range: tuple[float, float]
-    interpolation_steps: int = field(**_range(ge=2, le=100))
-    seed: int = field(**_range(ge=0))
+class GenerateParams(_Section):
+    num_samples: Annotated[int, Field(ge=1, le=1000)]
+    samples_per_row: Annotated[int, Field(ge=1, le=100)]
+    grid_size: Annotated[int, Field(ge=2, le=50)]
+    grid_range: Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple)]
+    interpolation_steps: Annotated[int, Field(ge=2, le=100)]
+    seed: Annotated[int, Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class MlflowParams:
-    experiment_name: str
+class MlflowParams(_Section):
+    experiment_name: Text
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(_Section):
     """Everything in params.yaml. ``beta``, ``latent_dim`` and ``epochs`` are top-level
     so that ``dvc exp run --set-param beta=100`` works as written."""
 
-    beta: float = field(**_range(ge=0))  # weight of the reconstruction term (see vae.loss)
-    latent_dim: int = field(**_range(ge=1, le=512))
-    epochs: int = field(**_range(ge=1))
+    beta: Annotated[Number, Field(ge=0)]  # weight of the reconstruction term (see vae.loss)
+    latent_dim: Annotated[int, Field(ge=1, le=512)]
+    epochs: Annotated[int, Field(ge=1)]
     beta_schedule: BetaScheduleParams
     data: DataParams
     train: TrainParams
@@ -121,7 +131,7 @@ class Params:
     def flat(self) -> dict[str, Any]:
         """``{"beta": 500.0, "train.lr": 0.001, ...}``: dotted keys, as DVC and MLflow show them."""
         out: dict[str, Any] = {}
-        for key, value in dataclasses.asdict(self).items():
+        for key, value in self.model_dump().items():
             if isinstance(value, dict):
                 out.update({f"{key}.{k}": v for k, v in value.items()})
             else:
@@ -129,99 +139,62 @@ class Params:
         return out
 
 
+# --- pydantic's error, as one line ---------------------------------------------------------------
+
+
 def _describe(kind: Any) -> str:
-    origin = typing.get_origin(kind)
+    """What a field holds, in words: "an integer", "a number or null", "one of constant, linear"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Annotated:
+        return _describe(args[0])
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(k) for k in typing.get_args(kind))
+        return " or ".join(_describe(k) for k in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
     if origin is tuple:
-        return f"a list of {len(typing.get_args(kind))} numbers"
-    return {int: "an integer", float: "a number", str: "a non-empty string", type(None): "null"}.get(
-        kind, getattr(kind, "__name__", str(kind))
-    )
+        return f"a list of {len(args)} numbers"
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return "a mapping of keys to values"
+    return {int: "an integer", float: "a number", str: "a non-empty string", type(None): "null"}.get(kind, str(kind))
 
 
-def _convert(kind: Any, value: Any) -> Any:
-    """``value`` as ``kind``, or raise TypeError/ValueError."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(kind):
-            try:
-                return _convert(option, value)
-            except (TypeError, ValueError):
-                continue
-        raise TypeError
-    if origin is tuple:
-        args = typing.get_args(kind)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise TypeError
-        return tuple(_convert(a, v) for a, v in zip(args, value))
-    if kind is type(None):
-        if value is not None:
-            raise TypeError
-        return None
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError
-        return value
-    if kind is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise TypeError from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError
-        if not math.isfinite(value):
-            raise ValueError("must be finite")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str) or not value.strip():
-            raise TypeError
-        return value
-    raise TypeError
+def _field(model: type[BaseModel], path: tuple[str, ...]) -> tuple[type[BaseModel], Any]:
+    """The model holding the field at ``path`` and the field's annotation."""
+    for name in path[:-1]:
+        model = model.model_fields[name].annotation
+    return model, model.model_fields[path[-1]].annotation
 
 
-def _check_range(name: str, value: Any, bounds: dict[str, Any]) -> None:
-    if value is None or not bounds:
-        return
-    if "choices" in bounds:
-        if value not in bounds["choices"]:
-            raise ParamsError(f"{name} = {value!r} is not allowed: it must be one of {', '.join(bounds['choices'])}")
-        return
-    for op, bound, ok in (
-        (">", bounds.get("gt"), lambda v, b: v > b),
-        (">=", bounds.get("ge"), lambda v, b: v >= b),
-        ("<=", bounds.get("le"), lambda v, b: v <= b),
-    ):
-        if bound is not None and not ok(value, bound):
-            raise ParamsError(f"{name} = {value!r} is out of range: it must be {op} {bound}")
+_RANGES = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{where} must be a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ParamsError(f"unknown key {prefix}{unknown[0]!s} (allowed in {where}: {', '.join(fields)})")
-    values = {}
-    for name, f in fields.items():
-        key = prefix + name
-        if name not in raw:
-            raise ParamsError(f"missing key {key} ({_describe(hints[name])})")
-        kind, value = hints[name], raw[name]
-        if dataclasses.is_dataclass(kind):
-            values[name] = _build(kind, value, key + ".")
-            continue
-        try:
-            values[name] = _convert(kind, value)
-        except (TypeError, ValueError) as err:
-            detail = f" ({err})" if str(err) else ""
-            raise ParamsError(f"{key} = {value!r} is not {_describe(kind)}{detail}") from None
-        _check_range(key, values[name], f.metadata)
-    return cls(**values)
+def _message(error: dict[str, Any], raw: Any) -> str:
+    """pydantic's error as ``key = value is not …``, in this project's words."""
+    loc = tuple(error["loc"])
+    names = tuple(part for part in loc if isinstance(part, str))  # an int is an index inside a list
+    key, kind = ".".join(names), error["type"]
+    if kind == "model_type":
+        return f"{key or 'the top level'} must be a mapping of keys to values, got {error['input']!r}"
+    if kind == "extra_forbidden":
+        holder = _field(Params, names[:-1])[1] if len(names) > 1 else Params
+        where = ".".join(names[:-1]) or "the top level"
+        return f"unknown key {key} (allowed in {where}: {', '.join(holder.model_fields)})"
+    annotation = _field(Params, names)[1]
+    if kind == "missing" and len(names) == len(loc):
+        return f"missing key {key} ({_describe(annotation)})"
+    value = raw
+    for name in names:
+        value = value[name]
+    if len(names) < len(loc) or _describe(annotation).startswith("a list"):
+        return f"{key} = {value!r} is not {_describe(annotation)}"  # a list: name it whole
+    if kind in _RANGES:
+        bound = next(iter(error["ctx"].values()))
+        shown = float(value) if _describe(annotation).startswith("a number") else value  # as it was read
+        return f"{key} = {shown!r} is out of range: it must be {_RANGES[kind]} {bound}"
+    if kind == "literal_error":
+        return f"{key} = {value!r} is not allowed: it must be {_describe(annotation)}"
+    finite = " (must be finite)" if kind == "finite_number" else ""
+    return f"{key} = {value!r} is not {_describe(annotation)}{finite}"
 
 
 def _check_relations(params: Params) -> None:
@@ -231,8 +204,15 @@ def _check_relations(params: Params) -> None:
 
 
 def parse_params(raw: Any) -> Params:
-    """Validate an already-loaded mapping (e.g. from YAML) into :class:`Params`."""
-    params = _build(Params, raw, "")
+    """Validate an already-loaded mapping (e.g. from YAML) into :class:`Params`.
+
+    Raises:
+        ParamsError: the first problem, as one line naming the key and the value.
+    """
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_message(err.errors()[0], raw)) from None
     _check_relations(params)
     return params
 

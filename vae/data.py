@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from vae.errors import UserError
+
 ENV_VAR = "FASHION_MNIST_DIR"
 DEFAULT_DIR = Path("data") / "fashion-mnist"
 PAD = 2  # 28 + 2·2 = 32, the encoder's input size
@@ -47,7 +49,7 @@ _IMAGES_MAGIC = 0x0803  # unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 0x0801  # unsigned bytes, 1 dimension
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data files that are missing or unreadable; the message names the file."""
 
 

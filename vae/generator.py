@@ -1,6 +1,8 @@
-"""Sampling from a trained VAE and picturing the results.
+"""Sampling from a trained VAE and picturing the results: every figure the project draws lives here.
 
-Every function returns images on the CPU as (N, C, 32, 32) floats in [0, 1].
+Every sampling function returns images on the CPU as (N, C, 32, 32) floats in [0, 1];
+every ``visualize_*``/``plot_*`` function returns its matplotlib Figure (close it
+with ``plt.close(fig)`` when done) and, given a ``save_path``, writes it atomically.
 The figures are made with matplotlib's pyplot, which falls back to its
 non-interactive Agg backend when there is no display, so they work headless.
 """
@@ -17,7 +19,7 @@ from torchvision.utils import make_grid
 
 from vae.model import VAE
 from vae.storage import atomic_write
-from vae.utils import batch_images, model_device
+from vae.utils import batch_images, evaluating, model_device, standard_normal
 
 
 def _check_latent_dim(vae: VAE, latent_dim: int) -> None:
@@ -28,23 +30,17 @@ def _check_latent_dim(vae: VAE, latent_dim: int) -> None:
 @torch.inference_mode()
 def decode_latents(vae: VAE, z: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Decode codes (N, latent_dim) in large batches; returns (N, C, 32, 32) on the CPU."""
-    was_training = vae.training
-    vae.eval()
     device = model_device(vae)
-    images = torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in z.split(batch_size)])
-    vae.train(was_training)
-    return images
+    with evaluating(vae):
+        return torch.cat([vae.decode(chunk.to(device)).cpu() for chunk in z.split(batch_size)])
 
 
 @torch.inference_mode()
 def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Posterior means (N, latent_dim) on the CPU of images (N, C, 32, 32), float in [0, 1] or uint8."""
-    was_training = vae.training
-    vae.eval()
     device = model_device(vae)
-    means = torch.cat([vae.encode(batch_images(chunk, device))[0].cpu() for chunk in images.split(batch_size)])
-    vae.train(was_training)
-    return means
+    with evaluating(vae):
+        return torch.cat([vae.encode(batch_images(chunk, device))[0].cpu() for chunk in images.split(batch_size)])
 
 
 def pick_different_classes(labels: torch.Tensor) -> tuple[int, int]:
@@ -60,11 +56,20 @@ def pick_different_classes(labels: torch.Tensor) -> tuple[int, int]:
 
 
 def generate_samples(
-    vae: VAE, num_samples: int, latent_dim: int, device: torch.device | str | None = None
+    vae: VAE,
+    num_samples: int,
+    latent_dim: int,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Decode ``num_samples`` codes drawn from N(0, I): (num_samples, C, 32, 32) on the CPU."""
+    """Decode ``num_samples`` codes drawn from N(0, I): (num_samples, C, 32, 32) on the CPU.
+
+    The codes come from PyTorch's global generator on ``device``, or, given a
+    (CPU) ``generator``, from it: then the samples depend on its seed alone,
+    the same on every device.
+    """
     _check_latent_dim(vae, latent_dim)
-    z = torch.randn(num_samples, latent_dim, device=device or model_device(vae))
+    z = standard_normal((num_samples, latent_dim), device or model_device(vae), generator)
     return decode_latents(vae, z)
 
 
@@ -165,12 +170,9 @@ def visualize_samples(
 @torch.inference_mode()
 def reconstruct(vae: VAE, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """Encode to the posterior mean and decode: (N, C, 32, 32) → (N, C, 32, 32) on the CPU."""
-    was_training = vae.training
-    vae.eval()
-    mu, _ = vae.encode(images.to(device or model_device(vae)))
-    out = vae.decode(mu).cpu()
-    vae.train(was_training)
-    return out
+    with evaluating(vae):
+        mu, _ = vae.encode(images.to(device or model_device(vae)))
+        return vae.decode(mu).cpu()
 
 
 def visualize_reconstruction(
@@ -189,4 +191,46 @@ def visualize_reconstruction(
     grid = make_grid(torch.cat([originals, recon]), nrow=len(originals), padding=2, pad_value=1.0)
     fig = _image_figure(grid, (1.2 * len(originals), 2.8), "originals (top) and reconstructions (bottom)")
     save_figure(fig, save_path, bbox_inches="tight")
+    return fig
+
+
+def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """(N, D) → (N, 2): the points themselves when D ≤ 2, else their first two principal components.
+
+    Returns the projection and an axis-label prefix ("z" or "PC").
+    """
+    if points.shape[1] == 1:
+        return torch.cat([points, torch.zeros_like(points)], dim=1), "z"
+    if points.shape[1] == 2:
+        return points, "z"
+    centred = points - points.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T, "PC"
+
+
+def plot_latent_space(
+    means: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    save_path: Path | str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Scatter of latent means (N, D) coloured by class, with a legend of class names.
+
+    Latent spaces of more than two dimensions are shown on their first two
+    principal components.
+    """
+    xy, axis = project_2d(means.detach().cpu().float())
+    fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab10")
+    for index, name in enumerate(class_names):
+        mask = labels.cpu() == index
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=3, alpha=0.6, color=cmap(index % 10), label=name)
+    ax.set_xlabel(f"{axis}1")
+    ax.set_ylabel(f"{axis}2")
+    ax.set_title(title or f"latent means of {len(means)} test images ({means.shape[1]}-D)")
+    ax.legend(markerscale=4, loc="best", fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, save_path)
     return fig

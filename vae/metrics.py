@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vae.loss import kl_per_image
 from vae.model import VAE
-from vae.utils import batch_images, model_device
+from vae.utils import batch_images, evaluating, model_device, standard_normal
 
 
 class NegativeELBO(NamedTuple):
@@ -42,46 +42,53 @@ def _log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def negative_elbo(model: VAE, images: torch.Tensor, batch_size: int = 1000) -> NegativeELBO:
     """−ELBO with one posterior sample per image, averaged over ``images``."""
-    model.eval()
     device = model_device(model)
     totals = torch.zeros(2, dtype=torch.float64)
-    for chunk in images.split(batch_size):
-        x = batch_images(chunk, device)
-        mu, logvar = model.encode(x)
-        z = model.reparameterize(mu, logvar)
-        reconstruction = -_log_likelihood(model.decoder.logits(z), x)
-        kl = kl_per_image(mu, logvar)
-        totals += torch.stack([reconstruction.sum(), kl.sum()]).double().cpu()
+    with evaluating(model):
+        for chunk in images.split(batch_size):
+            x = batch_images(chunk, device)
+            mu, logvar = model.encode(x)
+            z = model.reparameterize(mu, logvar)
+            reconstruction = -_log_likelihood(model.decoder.logits(z), x)
+            kl = kl_per_image(mu, logvar)
+            totals += torch.stack([reconstruction.sum(), kl.sum()]).double().cpu()
     reconstruction, kl = (totals / len(images)).tolist()
     return NegativeELBO(reconstruction + kl, reconstruction, kl)
 
 
 @torch.inference_mode()
 def importance_weighted_log_likelihood(
-    model: VAE, images: torch.Tensor, num_samples: int = 100, max_decodes: int | None = None
+    model: VAE,
+    images: torch.Tensor,
+    num_samples: int = 100,
+    max_decodes: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> float:
     """log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), averaged over images (nats).
 
     K = ``num_samples``; K = 1 is the one-sample ELBO, and the estimate rises
     towards log p(x) as K grows. At most ``max_decodes`` images are decoded at once
     (default: 512 on a CPU, where batches that fit the caches are fastest; 16,384 on a GPU).
+    The noise comes from PyTorch's global generator, or from ``generator`` (a CPU
+    one) when given: then the estimate depends on its seed alone, on any device.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    model.eval()
     device = model_device(model)
     if max_decodes is None:
         max_decodes = 512 if device.type == "cpu" else 16_384
     batch_size = max(1, max_decodes // num_samples)
     total = 0.0
-    for chunk in images.split(batch_size):
-        x = batch_images(chunk, device)
-        mu, logvar = model.encode(x)
-        z = mu + (0.5 * logvar).exp() * torch.randn(num_samples, *mu.shape, device=device)  # (K, B, D)
-        logits = model.decoder.logits(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))  # (K, B, C, H, W)
-        log_w = _log_likelihood(logits, x) + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-        log_w = log_w - _log_normal(z, mu, logvar)
-        total += float((torch.logsumexp(log_w, dim=0) - math.log(num_samples)).double().sum())
+    with evaluating(model):
+        for chunk in images.split(batch_size):
+            x = batch_images(chunk, device)
+            mu, logvar = model.encode(x)
+            noise = standard_normal((num_samples, *mu.shape), device, generator)
+            z = mu + (0.5 * logvar).exp() * noise  # (K, B, D)
+            logits = model.decoder.logits(z.flatten(0, 1)).unflatten(0, (num_samples, len(x)))  # (K, B, C, H, W)
+            log_w = _log_likelihood(logits, x) + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
+            log_w = log_w - _log_normal(z, mu, logvar)
+            total += float((torch.logsumexp(log_w, dim=0) - math.log(num_samples)).double().sum())
     return total / len(images)
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from vae.data import CLASS_NAMES, DataError, FashionMNISTSplit
+from vae.errors import UserError
 from vae.model import IMAGE_SIZE, VAE
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A model file that cannot be used; the message names the file."""
 
 
@@ -65,6 +66,7 @@ def _torch_load(path: Path, error: type[ValueError], what: str) -> Any:
         raise error(f"{path}: {what} not found") from None
     except Exception as err:  # torch.load raises many types (UnpicklingError, KeyError, RuntimeError…)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first_line = first_line.split(". ")[0]  # torch appends paragraphs of advice after the cause
         raise error(
             f"{path}: not a readable {what} (truncated, corrupt or not saved by this project: {first_line[:200]})"
         ) from None

@@ -1,8 +1,10 @@
-"""Device selection and seeding."""
+"""Device selection, seeding, batches as float images, and switching a model to eval mode for a while."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -32,3 +34,24 @@ def batch_images(batch: torch.Tensor | tuple | list, device: torch.device) -> to
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     return images.float()
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode for the block, then back in the mode it was in (training or not)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def standard_normal(
+    shape: tuple[int, ...], device: torch.device | str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """N(0, I) noise of ``shape`` on ``device``: from PyTorch's global generator there, or from a
+    CPU ``generator`` (then moved), which makes the draw depend on its seed alone, on any device."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator).to(device)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from vae.config import PARAMS_FILE, ParamsError
-from vae.paths import DVC_YAML
+from vae.pipeline.paths import DVC_YAML
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vae.errors import UserError
 from vae.model import VAE
 from vae.storage import atomic_write
 
@@ -48,7 +49,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_FILE}"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The MLflow tracking store cannot be used; the message names the URI."""
 
 

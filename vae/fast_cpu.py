@@ -1,9 +1,11 @@
-"""Convolution layers that train faster on the CPU, with ``torch.nn``'s parameters and results.
+"""Opt-in CPU speed-ups for the VAE: faster convolution layers, and an allocator setting for training.
 
-:class:`Conv2d` and :class:`ConvTranspose2d` subclass their ``torch.nn``
-namesakes (same parameters, state-dict keys, outputs up to float rounding) and
-change only how the CPU computes them, where oneDNN's kernels are uneven
-(figures from this model's layers, batch 128, on an AVX512-BF16 CPU):
+The model (:mod:`vae.model`) is plain ``torch.nn``; :func:`enable` swaps its
+convolutions, in place, for the subclasses below, which keep ``torch.nn``'s
+parameters, state-dict keys and outputs (up to float rounding) and change only
+how the CPU computes them, where oneDNN's kernels are uneven (figures from this
+model's layers, batch 128, on an AVX512-BF16 CPU; the pipeline applies it, the
+benchmark measures what it buys, see docs/performance.md):
 
 - Under CPU bfloat16 autocast (``train.precision: bf16``), oneDNN's bf16 forward
   and input-gradient kernels run about twice as fast as float32, but its bf16
@@ -20,6 +22,10 @@ change only how the CPU computes them, where oneDNN's kernels are uneven
   bf16 training ended ~0.25 nats per image above float32; without, within seed noise.
 
 On CUDA, and for layers these cases do not cover, they are exactly their base classes.
+
+:func:`keep_freed_memory` tells glibc to keep freed memory for reuse: a
+process-wide setting, so only a program's entry point (the train stage, the
+benchmark) calls it, never library code.
 """
 
 from __future__ import annotations
@@ -131,17 +137,47 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         return super().forward(input, output_size)
 
 
-def with_torch_nn_layers(model: nn.Module) -> nn.Module:
-    """Turn ``model``'s :class:`Conv2d` and :class:`ConvTranspose2d` back into ``torch.nn``'s, in place.
+def enable(model: nn.Module) -> nn.Module:
+    """Swap ``model``'s ``torch.nn`` convolutions for :class:`Conv2d` and :class:`ConvTranspose2d`, in place.
 
-    The subclasses hold no state of their own, so the model keeps its weights
-    and computes the same function, the way stock PyTorch does (to compare
-    against it). Returns ``model``.
+    The subclasses hold no state of their own: the weights, the state-dict keys
+    and the function stay the same, and checkpoints load either way. Returns ``model``.
     """
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = Conv2d
+        elif type(module) is nn.ConvTranspose2d:
+            module.__class__ = ConvTranspose2d
+    return model
+
+
+def with_torch_nn_layers(model: nn.Module) -> nn.Module:
+    """Undo :func:`enable`: turn ``model``'s fast layers back into ``torch.nn``'s, in place; returns ``model``."""
     for module in model.modules():
         if isinstance(module, (Conv2d, ConvTranspose2d)):
             module.__class__ = module.__class__.__bases__[0]
     return model
 
 
-__all__ = ["Conv2d", "ConvTranspose2d", "with_torch_nn_layers"]
+def keep_freed_memory() -> None:
+    """Tell glibc's allocator to keep freed memory instead of handing it back to the OS after every step.
+
+    Otherwise each training step's activations are mapped afresh and
+    page-faulted in (about 5× more page faults, 10–20% slower on the CPU).
+    Process-wide: call it from a program's entry point. A no-op off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, "mallopt"):  # not glibc (musl, macOS): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # serve blocks up to 32 MiB from the reusable heap
+    libc.mallopt(m_trim_threshold, 512 * 2**20)  # return memory to the OS only above 512 MiB free
+
+
+__all__ = ["Conv2d", "ConvTranspose2d", "enable", "keep_freed_memory", "with_torch_nn_layers"]

@@ -1,4 +1,4 @@
-"""What every stage script shares: one-line errors for user mistakes, result files."""
+"""What every stage shares: one line on stderr for a user's mistake, and the JSON and CSV result files."""
 
 from __future__ import annotations
 
@@ -8,29 +8,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from vae.classifier import ClassifierTooWeakError
-from vae.config import ParamsError
-from vae.data import DataError
-from vae.storage import CheckpointError, atomic_write
-from vae.tracking import TrackingError
-from vae.trainer import NonFiniteLossError
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError,
-    DataError,
-    CheckpointError,
-    NonFiniteLossError,
-    FileNotFoundError,
-    TrackingError,
-    ClassifierTooWeakError,
-)
+from vae.errors import UserError
+from vae.storage import atomic_write
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a user mistake ends it with one line on stderr and exit status 1."""
+    """Run a stage's ``main``; a user's mistake (:class:`~vae.errors.UserError`) ends it with one line
+    on stderr and exit status 1. Any other exception is a bug and keeps its traceback."""
     try:
         main()
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -1,0 +1,265 @@
+"""The README and docs/ say what the code does: their bad-input table and their commands are checked here."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import idx_bytes, write_fashion_mnist
+
+from vae.config import load_params
+from vae.data import FashionMNISTSplit, read_split, resolve_data_dir
+from vae.errors import UserError
+from vae.model import VAE
+from vae.pipeline.dvc_yaml import stage_params
+from vae.pipeline.tracking import check_tracking_store, read_run_id
+from vae.pipeline.train import train_pipeline
+from vae.storage import load_model, load_prepared, save_model
+from vae.trainer import NonFiniteLossError
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def test_readme_is_a_front_door_that_links_the_docs() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) <= 10_000
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", readme))
+    assert len(linked) >= 3 and all((REPO / page).is_file() for page in linked)
+    assert {f"docs/{p.name}" for p in PAGES[1:]} <= linked  # no page is an orphan
+    for page in PAGES:  # every relative link between pages points at a file
+        for target in re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]+)?\)", page.read_text()):
+            assert (page.parent / target).is_file(), f"{page.name} links {target}"
+
+
+# --- the bad-input table: each row reproduced, its message compared with the real one -------------------------
+
+
+def _params_with(tmp: Path, change: Callable[[dict], None]) -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(raw)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+    load_params(Path("params.yaml"))
+
+
+def _set(dotted: str, value: object) -> Callable[[dict], None]:
+    def change(raw: dict) -> None:
+        *parents, key = dotted.split(".")
+        for parent in parents:
+            raw = raw[parent]
+        raw[key] = value
+
+    return change
+
+
+def _batch_above_data(tmp: Path) -> None:
+    _params_with(tmp, _set("train.batch_size", 1000))
+    images = FashionMNISTSplit(torch.zeros(300, 1, 32, 32, dtype=torch.uint8), torch.zeros(300, dtype=torch.long))
+    train_pipeline(load_params(Path("params.yaml")), images, images, torch.device("cpu"), [])
+
+
+def _no_data(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp / "nowhere"))
+    resolve_data_dir()
+
+
+def _wrong_magic(tmp: Path) -> None:
+    folder = write_fashion_mnist(tmp / "idx", 8, 8)
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(np.zeros((8, 1, 1), dtype=np.uint8)))  # a 3-D file (0x0803) where labels belong
+    read_split(folder, "train")
+
+
+def _truncated_idx(tmp: Path) -> None:
+    folder = write_fashion_mnist(tmp / "idx", 8, 32, gz=False)
+    path = folder / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    read_split(folder, "test")
+
+
+def _wrong_shape(tmp: Path) -> None:
+    torch.save({"images": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(4).long()}, "test.pt")
+    load_prepared(tmp / "test.pt")
+
+
+def _latent_mismatch(tmp: Path) -> None:
+    save_model(VAE(latent_dim=2), Path("models/vae_fashion_mnist.pth"))
+    load_model(Path("models/vae_fashion_mnist.pth"), expected_latent_dim=8)
+
+
+def _truncated_checkpoint(tmp: Path) -> None:
+    save_model(VAE(latent_dim=2), tmp / "m.pth")
+    (tmp / "m.pth").write_bytes((tmp / "m.pth").read_bytes()[:1000])
+    load_model(tmp / "m.pth")
+
+
+def _other_pth(tmp: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, tmp / "o.pth")
+    load_model(tmp / "o.pth")
+
+
+def _unreachable(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # port 9 (discard) is closed on the machines this runs on; check it is
+        assert s.connect_ex(("127.0.0.1", 9)) != 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    check_tracking_store()
+
+
+def _bad_run_id(tmp: Path) -> None:
+    Path("outputs").mkdir()
+    Path("outputs/train_run_id.txt").write_text("not a run id!\n")
+    read_run_id(Path("outputs/train_run_id.txt"))
+
+
+def _raise(error: Exception) -> Callable[[Path], None]:
+    def reproduce(tmp: Path) -> None:
+        raise error
+
+    return reproduce
+
+
+REPRODUCE: dict[str, Callable] = {
+    "`epochs: ten`": lambda tmp: _params_with(tmp, _set("epochs", "ten")),
+    "`beta: high`": lambda tmp: _params_with(tmp, _set("beta", "high")),
+    "`epochs: 0`": lambda tmp: _params_with(tmp, _set("epochs", 0)),
+    "`latent_dim: 0`": lambda tmp: _params_with(tmp, _set("latent_dim", 0)),
+    "`beta: -1`": lambda tmp: _params_with(tmp, _set("beta", -1)),
+    "`beta: .nan`": lambda tmp: _params_with(tmp, _set("beta", float("nan"))),
+    "`train.lr: 0`": lambda tmp: _params_with(tmp, _set("train.lr", 0)),
+    "`train.batch_size` above the data": _batch_above_data,
+    "`train.seed` missing": lambda tmp: _params_with(tmp, lambda raw: raw["train"].pop("seed")),
+    "typo `latnet_dim: 3`": lambda tmp: _params_with(tmp, _set("latnet_dim", 3)),
+    "no data files": _no_data,
+    "IDX file with a wrong magic number": _wrong_magic,
+    "truncated IDX file": _truncated_idx,
+    "prepared tensors of the wrong shape": _wrong_shape,
+    "prepared file missing": lambda tmp: load_prepared(Path("data/prepared/train.pt")),
+    "checkpoint for another latent_dim": _latent_mismatch,
+    "truncated checkpoint": _truncated_checkpoint,
+    "some other `.pth` file": _other_pth,
+    "unreachable `MLFLOW_TRACKING_URI`": _unreachable,
+    "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
+    "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
+    "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),
+}
+
+
+def bad_input_table() -> list[tuple[str, str]]:
+    text = (REPO / "docs" / "reliability.md").read_text()
+    rows = re.findall(r"(?m)^\| (.+?) \| `(.+?)`(?: \(.*\))? \|$", text)
+    return [(bad, message) for bad, message in rows if bad != "bad input"]
+
+
+def test_every_row_of_the_bad_input_table_is_reproduced() -> None:
+    assert sorted(bad for bad, _ in bad_input_table()) == sorted(REPRODUCE)
+
+
+@pytest.mark.parametrize(("bad", "documented"), bad_input_table())
+def test_the_bad_input_tables_messages_are_the_real_ones(
+    bad: str, documented: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reproduce = REPRODUCE[bad]
+    with pytest.raises(UserError) as raised:
+        reproduce(tmp_path, monkeypatch) if reproduce.__code__.co_argcount == 2 else reproduce(tmp_path)
+    # "…" in the table stands for a folder (or a list) that differs between machines
+    pattern = ".*?".join(re.escape(part) for part in documented.split("…"))
+    assert re.fullmatch(pattern, str(raised.value)), f"\ndocumented: {documented}\nreal:       {raised.value}"
+
+
+# --- every fenced command names files, modules, params and flags that exist ----------------------------------
+
+
+def fenced_commands() -> list[tuple[str, list[str]]]:
+    """(page, words) for each simple command in the ```bash blocks of README.md and docs/."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+                lexer.whitespace_split, lexer.commenters = True, "#"
+                command: list[str] = []
+                for token in [*lexer, ";"]:
+                    if token in (";", "&&", "|", "||", "&"):
+                        found += [(page.name, command)] if command else []
+                        command = []
+                    else:
+                        command.append(token)
+    return found
+
+
+@cache
+def help_text(*command: str) -> str:
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, f"{' '.join(command)} --help failed: {result.stderr[-500:]}"
+    return result.stdout
+
+
+def params_keys() -> set[str]:
+    flat = load_params(REPO / "params.yaml").flat()
+    return set(flat) | {key.split(".")[0] for key in flat}
+
+
+def check_command(words: list[str]) -> None:
+    program, args = words[0], words[1:]
+    flags = [w.split("=")[0] for w in args if w.startswith("-") and w not in ("-", "--")]
+    for word in args:  # files the command names in this repository
+        if re.fullmatch(r"[\w./-]+\.(py|yaml|toml|txt)", word) and not word.startswith(("..", "/", "outputs/")):
+            assert (REPO / word).exists(), f"{word} does not exist"
+    if program in ("python", "python3"):
+        if args[:1] == ["-m"]:
+            module = args[1]
+            assert importlib.util.find_spec(module) is not None, f"no module {module}"
+            if module.startswith("vae."):
+                listed = help_text(sys.executable, "-m", module)
+                assert all(flag in listed for flag in flags[1:]), f"{module}: {flags[1:]} not all in --help"
+        else:
+            script = args[0]
+            assert (REPO / script).is_file(), f"no script {script}"
+            listed = help_text(sys.executable, str(REPO / script))
+            assert all(flag in listed for flag in flags), f"{script}: {flags} not all in its --help"
+    elif program in ("dvc", "mlflow"):
+        sub = [w for w in args[: next((i for i, w in enumerate(args) if not w.isalpha()), len(args))]]
+        listed = help_text(program, *sub)
+        for flag in flags:
+            assert re.search(rf"(^|[\s,[]){re.escape(flag)}\b", listed), f"{program} {' '.join(sub)}: no {flag}"
+        for i, word in enumerate(args):
+            if word in ("-S", "--set-param"):
+                key = args[i + 1].split("=")[0]
+                assert key in params_keys(), f"-S {key}: no such key in params.yaml"
+
+
+def test_fenced_commands_name_what_exists() -> None:
+    commands = fenced_commands()
+    assert any(words[:3] == ["dvc", "exp", "run"] for _, words in commands)  # it finds the pages' commands
+    checked = 0
+    for page, words in commands:
+        if words[0] in ("python", "python3", "dvc", "mlflow"):
+            try:
+                check_command(words)
+            except AssertionError as err:
+                raise AssertionError(f"{page}: `{' '.join(words)}`: {err}") from None
+            checked += 1
+    assert checked >= 15
+
+
+def test_the_command_check_catches_a_misspelt_flag_and_key() -> None:
+    with pytest.raises(AssertionError, match="no --set-parm"):
+        check_command(["dvc", "exp", "run", "--set-parm", "beta=1"])
+    with pytest.raises(AssertionError, match="no such key"):
+        check_command(["dvc", "exp", "run", "-S", "evaluate.knn=7"])
+    with pytest.raises(AssertionError, match="not all in its --help"):
+        check_command(["python", "benchmarks/train_throughput.py", "--precison", "fp32"])

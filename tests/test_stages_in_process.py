@@ -1,0 +1,141 @@
+"""The pipeline stages run in-process on tiny data: figures closed, metrics reproducible, errors one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import yaml
+from conftest import write_fashion_mnist
+
+from vae.classifier import FashionClassifier, save_classifier
+from vae.config import load_params
+from vae.data import DataError, read_split
+from vae.errors import UserError
+from vae.model import VAE
+from vae.pipeline import evaluate, generate, paths
+from vae.pipeline.runner import run_stage
+from vae.pipeline.tracking import write_run_id
+from vae.storage import save_model, save_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with tiny params, prepared data, an untrained model and classifier, as cwd."""
+    source = write_fashion_mnist(tmp_path / "idx", n_train=96, n_test=64)
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(iw_samples=4, fd_samples=64, batch_size=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    save_prepared(read_split(source, "train"), paths.PREPARED_TRAIN)
+    save_prepared(read_split(source, "test"), paths.PREPARED_TEST)
+    torch.manual_seed(0)
+    save_model(VAE(latent_dim=2), paths.MODEL)
+    save_classifier(FashionClassifier(), paths.CLASSIFIER)
+    write_run_id("0" * 32, paths.TRAIN_RUN_ID)  # a training run this store does not hold
+    return root
+
+
+def test_evaluate_and_generate_leave_no_figure_open(project: Path, capsys: pytest.CaptureFixture) -> None:
+    plt.close("all")
+    evaluate.main()
+    generate.main()
+    assert plt.get_fignums() == []  # a sweep calls these many times
+    assert (paths.EVALUATE_DIR / "vae_latent_space.png").is_file()
+    assert (paths.GENERATE_DIR / "vae_latent_grid.png").is_file()
+    assert "is not in sqlite" in capsys.readouterr().err  # the unknown training run is said, not fatal
+
+
+def test_the_same_checkpoint_gives_the_same_sampled_metrics_twice(project: Path) -> None:
+    from vae.classifier import load_classifier
+    from vae.storage import load_model, load_prepared
+
+    params = load_params()
+    model, _ = load_model(paths.MODEL)
+    classifier = load_classifier(paths.CLASSIFIER)
+    train, test = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST)
+    first, _ = evaluate.evaluate_model(model, classifier, train, test, params, torch.device("cpu"))
+    torch.randn(1000)  # whatever drew from the global generator in between
+    second, _ = evaluate.evaluate_model(model, classifier, train, test, params, torch.device("cpu"))
+    assert first == second
+    other_seed = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"seed": 1})})
+    third, _ = evaluate.evaluate_model(model, classifier, train, test, other_seed, torch.device("cpu"))
+    assert third["classifier_frechet_distance"] != first["classifier_frechet_distance"]  # the seed does count
+    assert third["iw_log_likelihood"] != first["iw_log_likelihood"]
+
+
+def test_only_user_errors_become_one_line(capsys: pytest.CaptureFixture) -> None:
+    def user_mistake() -> None:
+        raise DataError("data/x.pt: not a prepared data file")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_stage("demo", user_mistake)
+    assert stopped.value.code == 1 and capsys.readouterr().err == "demo: error: data/x.pt: not a prepared data file\n"
+    assert issubclass(DataError, UserError)
+
+    def bug() -> None:
+        open("/nonexistent/file")  # a FileNotFoundError from a bug keeps its traceback
+
+    with pytest.raises(FileNotFoundError):
+        run_stage("demo", bug)
+
+
+def test_benchmark_without_data_is_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "FASHION_MNIST_DIR": str(tmp_path / "nowhere")}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("benchmark: error: Fashion-MNIST not found in") and "nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_complete_example_writes_exactly_its_four_files(tmp_path: Path) -> None:
+    source = write_fashion_mnist(tmp_path / "idx", n_train=64, n_test=32)
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "vae.example", "--epochs", "1", "--latent-dim", "2", "--beta", "500"]
+        + ["--out", str(out), "--data-dir", str(source)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = [
+        "vae_fashion_mnist.pth",
+        "vae_generated_samples.png",
+        "vae_interpolation.png",
+        "vae_reconstructions.png",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == expected
+    from vae.storage import load_model
+
+    model, _ = load_model(out / "vae_fashion_mnist.pth")
+    assert model.latent_dim == 2
+    for name in expected[1:]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run(
+        [sys.executable, "-m", "vae.example", "--out", str(out), "--data-dir", str(tmp_path / "none")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 1 and missing.stderr.startswith("example: error: Fashion-MNIST not found")

@@ -1,0 +1,70 @@
+"""Stage generate: samples from the prior, the 2-D latent grid and an interpolation.
+
+Logged in a new MLflow run nested under the training run that made the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import mlflow
+
+from vae import fast_cpu
+from vae.config import load_params
+from vae.data import CLASS_NAMES
+from vae.generator import (
+    encode_means,
+    generate_grid,
+    generate_samples,
+    interpolate_latent,
+    pick_different_classes,
+    visualize_samples,
+)
+from vae.pipeline import paths
+from vae.pipeline.dvc_yaml import lineage_params, select
+from vae.pipeline.tracking import check_tracking_store, read_run_id, stage_run
+from vae.storage import load_model, load_prepared
+from vae.utils import get_device, set_seed
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS)
+    logged_params = select(params.flat(), lineage_params("generate"))
+    gen = params.generate
+    device = get_device()
+    model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
+    fast_cpu.enable(model)
+    test = load_prepared(paths.PREPARED_TEST)
+    training_run_id = read_run_id(paths.TRAIN_RUN_ID)
+    check_tracking_store()  # before the work: an unreachable server fails in seconds
+    set_seed(gen.seed)
+    out = paths.GENERATE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+
+    samples = generate_samples(model, gen.num_samples, params.latent_dim, device)
+    rows = math.ceil(gen.num_samples / gen.samples_per_row)
+    title = f"{gen.num_samples} samples from N(0, I)"
+    plt.close(visualize_samples(samples, (rows, gen.samples_per_row), out / "vae_generated_samples.png", title=title))
+
+    if params.latent_dim == 2:
+        grid = generate_grid(model, gen.grid_size, gen.grid_range, device)
+        low, high = gen.grid_range
+        title = f"decoded latent grid, z1 and z2 in [{low:g}, {high:g}]"
+        plt.close(visualize_samples(grid, (gen.grid_size, gen.grid_size), out / "vae_latent_grid.png", title=title))
+    else:
+        print(f"generate: latent_dim={params.latent_dim}, so no latent grid (it needs a 2-D latent space)")
+
+    first, second = pick_different_classes(test.labels)
+    means = encode_means(model, test.images[[first, second]])
+    path = interpolate_latent(model, means[0], means[1], gen.interpolation_steps)
+    title = (
+        f"test image {first} ({CLASS_NAMES[test.labels[first]]}) → "
+        f"test image {second} ({CLASS_NAMES[test.labels[second]]})"
+    )
+    plt.close(visualize_samples(path, (1, gen.interpolation_steps), out / "vae_interpolation.png", title=title))
+    print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}")
+
+    experiment = params.mlflow.experiment_name
+    with stage_run("generate", experiment, logged_params, training_run_id, device, paths.GENERATE_RUN_ID):
+        mlflow.log_artifacts(str(out), artifact_path="generate")
