@@ -149,3 +149,18 @@ def test_interrupts_deferred_delivers_ctrl_c_after_the_block() -> None:
             finished = True  # not cut short
     assert finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_saving_the_same_data_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    """DVC hashes files: a rerun that saves equal tensors must not look like new data to it."""
+    split = FashionMNISTSplit(torch.arange(2 * 32 * 32, dtype=torch.uint8).view(2, 1, 32, 32), torch.tensor([0, 1]))
+    save_prepared(split, tmp_path / "a" / "train.pt")
+    save_prepared(split, tmp_path / "b" / "train.pt")
+    first = (tmp_path / "a" / "train.pt").read_bytes()
+    save_prepared(split, tmp_path / "a" / "train.pt")
+    assert (tmp_path / "a" / "train.pt").read_bytes() == first == (tmp_path / "b" / "train.pt").read_bytes()
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2)
+    save_model(model, tmp_path / "m1.pth")
+    save_model(model, tmp_path / "m2.pth")
+    assert (tmp_path / "m1.pth").read_bytes() == (tmp_path / "m2.pth").read_bytes()

@@ -56,7 +56,19 @@ def _umask() -> int:
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through :func:`atomic_write`, byte for byte the same for the same ``obj``.
+
+    ``torch.save`` to a *path* names the archive inside the file after that path,
+    here a random temporary name, so equal tensors would give different bytes and
+    DVC would take every rerun for new data; saved through a file object, the
+    archive's name is fixed.
+    """
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            torch.save(obj, handle)
+
+    atomic_write(path, save)
 
 
 def _torch_load(path: Path, error: type[ValueError], what: str) -> Any:
