@@ -158,11 +158,11 @@ def _describe(kind: Any) -> str:
     return {int: "an integer", float: "a number", str: "a non-empty string", type(None): "null"}.get(kind, str(kind))
 
 
-def _field(model: type[BaseModel], path: tuple[str, ...]) -> tuple[type[BaseModel], Any]:
-    """The model holding the field at ``path`` and the field's annotation."""
+def _annotation(model: type[BaseModel], path: tuple[str, ...]) -> Any:
+    """The annotation of the field at ``path`` (section names, then the key) of ``model``."""
     for name in path[:-1]:
         model = model.model_fields[name].annotation
-    return model, model.model_fields[path[-1]].annotation
+    return model.model_fields[path[-1]].annotation
 
 
 _RANGES = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -176,10 +176,10 @@ def _message(error: dict[str, Any], raw: Any) -> str:
     if kind == "model_type":
         return f"{key or 'the top level'} must be a mapping of keys to values, got {error['input']!r}"
     if kind == "extra_forbidden":
-        holder = _field(Params, names[:-1])[1] if len(names) > 1 else Params
+        holder = _annotation(Params, names[:-1]) if len(names) > 1 else Params
         where = ".".join(names[:-1]) or "the top level"
         return f"unknown key {key} (allowed in {where}: {', '.join(holder.model_fields)})"
-    annotation = _field(Params, names)[1]
+    annotation = _annotation(Params, names)
     if kind == "missing" and len(names) == len(loc):
         return f"missing key {key} ({_describe(annotation)})"
     value = raw

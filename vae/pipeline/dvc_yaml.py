@@ -87,9 +87,7 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def upstream(name: str, path: Path | str = DVC_YAML) -> list[str]:
-    """The stages whose outputs ``name`` depends on, directly or through other stages."""
-    stages = load_stages(path)
+def _upstream(stages: Mapping[str, StageSpec], name: str, path: Path | str) -> list[str]:
     found: list[str] = []
     pending = [_stage(stages, name, path)]
     while pending:
@@ -102,6 +100,11 @@ def upstream(name: str, path: Path | str = DVC_YAML) -> list[str]:
     return found
 
 
+def upstream(name: str, path: Path | str = DVC_YAML) -> list[str]:
+    """The stages whose outputs ``name`` depends on, directly or through other stages."""
+    return _upstream(load_stages(path), name, path)
+
+
 def stage_params(name: str, path: Path | str = DVC_YAML) -> tuple[str, ...]:
     """The params keys dvc.yaml declares for stage ``name``: a change to any of them reruns it."""
     return _stage(load_stages(path), name, path).params
@@ -111,7 +114,7 @@ def lineage_params(name: str, path: Path | str = DVC_YAML) -> tuple[str, ...]:
     """The params keys of stage ``name`` and of every stage upstream of it."""
     stages = load_stages(path)
     keys = list(_stage(stages, name, path).params)
-    for other in upstream(name, path):
+    for other in _upstream(stages, name, path):
         keys.extend(key for key in stages[other].params if key not in keys)
     return tuple(keys)
 
