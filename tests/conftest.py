@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import http.server
 import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,7 @@ import pytest
 import torch
 
 from vae.data import ENV_VAR, SPLIT_FILES
+from vae.tracking_server import LocalPostgres, ServerError, postgres_tool
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -55,3 +61,60 @@ def real_data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def shared_temp_dir(prefix: str) -> Path:
+    """A new folder under /tmp that every user may enter: as root, PostgreSQL runs as its own account."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
+def require_postgres() -> None:
+    """Skip when PostgreSQL is not installed here; on CI (which installs it) fail instead."""
+    try:
+        postgres_tool("initdb")
+    except ServerError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (.ci/run installs it on CI)")
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (initdb into a temporary folder, pg_ctl on a free loopback port), stopped at the end."""
+    from project import free_port
+
+    require_postgres()
+    folder = shared_temp_dir("vae-postgres-")
+    server = LocalPostgres(folder / "server", free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _NotMlflow(http.server.BaseHTTPRequestHandler):
+    """A web server that is not MLflow: every path is an HTML page."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html><body>a wiki</body></html>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_mlflow() -> Iterator[str]:
+    """The URL of a real web server on loopback that answers every GET with HTML."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotMlflow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()

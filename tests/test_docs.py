@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import inspect
 import re
 import shlex
 import socket
@@ -24,9 +25,10 @@ from vae.data import FashionMNISTSplit, read_split, resolve_data_dir
 from vae.errors import UserError
 from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
-from vae.pipeline.tracking import check_tracking_store, read_run_id
+from vae.pipeline.tracking import check_database, check_tracking_store, read_run_id
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
+from vae.tracking_server import LocalPostgres
 from vae.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +119,22 @@ def _unreachable(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     check_tracking_store()
 
 
+def _not_mlflow(tmp: Path, monkeypatch: pytest.MonkeyPatch, not_mlflow: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", not_mlflow)
+    check_tracking_store()
+
+
+def _unreachable_database(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 9)) != 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:secret@127.0.0.1:9/mlflow")
+    check_tracking_store()
+
+
+def _wrong_password(tmp: Path, postgres: LocalPostgres) -> None:
+    check_database(postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong"), "--backend-store-uri")
+
+
 def _bad_run_id(tmp: Path) -> None:
     Path("outputs").mkdir()
     Path("outputs/train_run_id.txt").write_text("not a run id!\n")
@@ -150,6 +168,9 @@ REPRODUCE: dict[str, Callable] = {
     "truncated checkpoint": _truncated_checkpoint,
     "some other `.pth` file": _other_pth,
     "unreachable `MLFLOW_TRACKING_URI`": _unreachable,
+    "`MLFLOW_TRACKING_URI` that is not an MLflow server": _not_mlflow,
+    "unreachable database in `MLFLOW_TRACKING_URI`": _unreachable_database,
+    "wrong database password (`vae.tracking_server`)": _wrong_password,
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
     "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
     "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),
@@ -168,13 +189,15 @@ def test_every_row_of_the_bad_input_table_is_reproduced() -> None:
 
 @pytest.mark.parametrize(("bad", "documented"), bad_input_table())
 def test_the_bad_input_tables_messages_are_the_real_ones(
-    bad: str, documented: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bad: str, documented: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
+    reproduce = REPRODUCE[bad]
+    # the reproduction's arguments after the folder are fixtures, by name (monkeypatch, postgres, …)
+    fixtures = [request.getfixturevalue(name) for name in list(inspect.signature(reproduce).parameters)[1:]]
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    reproduce = REPRODUCE[bad]
     with pytest.raises(UserError) as raised:
-        reproduce(tmp_path, monkeypatch) if reproduce.__code__.co_argcount == 2 else reproduce(tmp_path)
+        reproduce(tmp_path, *fixtures)
     # "…" in the table stands for a folder (or a list) that differs between machines
     pattern = ".*?".join(re.escape(part) for part in documented.split("…"))
     assert re.fullmatch(pattern, str(raised.value)), f"\ndocumented: {documented}\nreal:       {raised.value}"

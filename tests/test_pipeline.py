@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,16 +17,11 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
+from project import IMAGES, by_stage, children, clean_env, free_port, new_project, run
+from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = [
-    "evaluate/vae_reconstructions.png",
-    "generate/vae_generated_samples.png",
-    "generate/vae_latent_grid.png",
-    "generate/vae_interpolation.png",
-]
 OUTPUTS = [
     "data/prepared/train.pt",
     "data/prepared/test.pt",
@@ -50,60 +42,9 @@ OUTPUTS = [
 ]
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
-def copy_repo(dest: Path) -> None:
-    """Copy the files git would clone (tracked, and untracked but not ignored)."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    if not env.get("FASHION_MNIST_DIR"):
-        env["FASHION_MNIST_DIR"] = str(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
-    return env
-
-
-def new_project(root: Path, env: dict[str, str], epochs: int = 1) -> Path:
-    """A git + DVC repository copied from this one, with tiny params, committed."""
-    copy_repo(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params.update(epochs=epochs)
-    params["data"].update(train_limit=300, test_limit=200)
-    params["train"].update(batch_size=64)
-    params["classifier"].update(epochs=1, min_accuracy=0.0)  # a few hundred images cannot reach 88%
-    params["evaluate"].update(iw_samples=10, fd_samples=500)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "test@example.com"],
-        ["git", "config", "user.name", "test"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "tiny params"],
-    ):
-        run(cmd, root, env)
-    return root
+    return clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
 
 
 @pytest.fixture(scope="module")
@@ -114,23 +55,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Pa
     return root
 
 
-def mlflow_runs(root: Path) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("fashion-mnist-vae")
-    assert experiment is not None, "the pipeline created no MLflow experiment in the project's mlflow.db"
-    return client.search_runs([experiment.experiment_id]), client
-
-
-def by_stage(runs: list, stage: str) -> list:
-    """The runs of one pipeline stage (train, evaluate, generate), by their ``pipeline_stage`` tag."""
-    return [r for r in runs if r.data.tags.get("pipeline_stage") == stage]
-
-
-def children(runs: list, parent: object, stage: str) -> list:
-    """The ``stage`` runs nested under the training run ``parent``."""
-    return [r for r in by_stage(runs, stage) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+def mlflow_runs(root: Path) -> tuple[list, object]:
+    """The runs in the project's own store, ``root/mlflow.db``."""
+    return runs_in(f"sqlite:///{root / 'mlflow.db'}")
 
 
 def snapshot(root: Path) -> dict[str, dict]:
@@ -327,12 +254,6 @@ def test_run_cache_restored_training_then_new_generate_params(project: Path, env
     assert new.data.tags["mlflow.parentRunId"] == training_500.info.run_id
     assert new.data.params["generate.seed"] == "3" and new.data.params["beta"] == "500.0"
     assert (project / "outputs/generate_run_id.txt").read_text().strip() == new_id
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str]) -> None:

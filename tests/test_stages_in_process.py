@@ -139,3 +139,47 @@ def test_the_complete_example_writes_exactly_its_four_files(tmp_path: Path) -> N
         timeout=120,
     )
     assert missing.returncode == 1 and missing.stderr.startswith("example: error: Fashion-MNIST not found")
+
+
+@pytest.mark.parametrize("system_metrics", [True, False])
+def test_training_run_records_its_data_and_system_metrics_as_the_param_says(
+    project: Path, monkeypatch: pytest.MonkeyPatch, system_metrics: bool
+) -> None:
+    import hashlib
+
+    import mlflow
+
+    from vae.pipeline import train
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params.update(epochs=1)
+    params["train"].update(batch_size=32)
+    params["mlflow"].update(system_metrics=system_metrics)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the run lasts seconds
+    train.main()
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(paths.TRAIN_RUN_ID.read_text().strip())
+    recorded = {key for key in run.data.metrics if key.startswith("system/")}
+    assert ("system/cpu_utilization_percentage" in recorded) is system_metrics, recorded
+    assert run.data.params["mlflow.system_metrics"] == str(system_metrics)
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "testing"}
+    for context, path in (("training", paths.PREPARED_TRAIN), ("testing", paths.PREPARED_TEST)):
+        assert inputs[context].name == f"fashion-mnist-{path.stem}"
+        assert inputs[context].digest == hashlib.md5(path.read_bytes()).hexdigest()
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_existing_experiment_gets_the_model_training_kind(project: Path) -> None:
+    import mlflow
+
+    from vae.pipeline.tracking import setup_experiment, tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri())
+    made_before = client.create_experiment("made-before-the-tag")
+    assert "mlflow.experimentKind" not in client.get_experiment(made_before).tags
+    assert setup_experiment("made-before-the-tag") == made_before
+    assert client.get_experiment(made_before).tags["mlflow.experimentKind"] == "custom_model_development"

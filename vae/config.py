@@ -103,6 +103,7 @@ class GenerateParams(_Section):
 
 class MlflowParams(_Section):
     experiment_name: Text
+    system_metrics: bool  # log CPU, memory (and GPU) use during training as system/* metrics
 
 
 class Params(_Section):

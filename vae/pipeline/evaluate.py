@@ -20,7 +20,7 @@ from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.pipeline.runner import write_json
-from vae.pipeline.tracking import check_tracking_store, read_run_id, stage_run
+from vae.pipeline.tracking import check_tracking_store, log_dataset, read_run_id, stage_run
 from vae.storage import load_model, load_prepared
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
@@ -99,5 +99,7 @@ def main() -> None:
 
     experiment = params.mlflow.experiment_name
     with stage_run("evaluate", experiment, logged_params, training_run_id, device, paths.EVALUATE_RUN_ID):
+        log_dataset(test, paths.PREPARED_TEST, "testing")  # every metric is on the test split
+        log_dataset(train, paths.PREPARED_TRAIN, "training")  # the k-NN classifier's neighbours
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
         mlflow.log_artifacts(str(paths.EVALUATE_DIR), artifact_path="evaluate")

@@ -12,11 +12,22 @@ overrides it. The project root is ``DVC_ROOT`` when DVC runs the stage: for
 ``dvc exp run --temp`` and queued experiments DVC points it at the original
 repository rather than the temporary copy, so their runs land in the project's
 store and survive the copy's deletion. Artifacts go to ``<root>/mlruns``.
+
+A team's tracking server (``http://…``, see :mod:`vae.tracking_server`) keeps
+its own artifact store. Every stage checks the store before any work
+(:func:`check_tracking_store`), and a server that goes away mid-run stops the
+stage in seconds with one line (:func:`fail_fast_on_lost_server`,
+:func:`lost_server_reported`). The experiment is tagged so MLflow's UI opens it
+as a model-training one, and runs record the prepared data they read as MLflow
+datasets (:func:`log_dataset`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -25,9 +36,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from vae.data import FashionMNISTSplit
 from vae.errors import UserError
 from vae.model import VAE
 from vae.storage import atomic_write
@@ -53,37 +66,156 @@ class TrackingError(UserError, RuntimeError):
     """The MLflow tracking store cannot be used; the message names the URI."""
 
 
+def redact(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***``: safe to print."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_database(uri: str, source: str, timeout: float = 5.0) -> None:
+    """Connect to a database URI (``postgresql://USER:PASSWORD@HOST:PORT/DB``, …) once, or fail in one line.
+
+    Raises:
+        TrackingError: names the URI (password hidden) and the database's own reason: unreachable,
+            wrong password, no such database, or its driver not installed.
+    """
+    import sqlalchemy
+
+    shown = redact(uri)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
+    except ImportError as err:
+        fix = "pip install -e '.[server]'" if uri.startswith("postgresql") else f"install the Python package {err.name}"
+        raise TrackingError(
+            f"database {shown} (from {source}) needs a driver this environment lacks ({err.name}): {fix}"
+        ) from None
+    except sqlalchemy.exc.ArgumentError as err:
+        raise TrackingError(f"database {shown} (from {source}) is not a database URI: {err}") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as err:
+        # the driver's first line says what failed: refused connection, password, missing database
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else type(err).__name__
+        reason = " ".join(reason.removeprefix("connection failed: ").split())
+        raise TrackingError(f"cannot use database {shown} (from {source}): {reason}") from None
+    finally:
+        engine.dispose()
+
+
 def check_tracking_store(uri: str | None = None, timeout: float = 5.0) -> str:
     """Fail fast, before any training, when the tracking store is out of reach; returns the URI.
 
-    An http(s) server must answer MLflow's health check within ``timeout``
-    seconds (MLflow's own client would retry for minutes); a local SQLite
-    database needs a folder it can write to.
+    An http(s) URI must be an MLflow tracking server: it must answer MLflow's
+    experiments API with JSON within ``timeout`` seconds (MLflow's own client
+    would retry for minutes). A database URI must accept a connection; a local
+    SQLite database needs a folder it can write to.
 
     Raises:
         TrackingError: names the URI and what failed.
     """
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlparse
-
     uri = uri or tracking_uri()
     source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default store"
-    scheme = urlparse(uri).scheme
+    scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as err:
-            raise TrackingError(f"MLflow tracking server {uri} (from {source}) answered HTTP {err.code}") from None
-        except (OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingError(f"cannot reach MLflow tracking server {uri} (from {source}): {reason}") from None
+        _check_server(uri, source, timeout)
     elif scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingError(f"MLflow store {uri} (from {source}): folder {folder} is missing or not writable")
+    elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+        check_database(uri, source, timeout)
     return uri
+
+
+def _check_server(uri: str, source: str, timeout: float) -> None:
+    """GET a one-experiment page of MLflow's REST API: only an MLflow server answers it with JSON."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        if err.code in (404, 405):
+            raise TrackingError(
+                f"{uri} (from {source}) is not an MLflow tracking server: HTTP {err.code} for MLflow's API ({url})"
+            ) from None
+        detail = _error_message(err.read())
+        raise TrackingError(
+            f"MLflow tracking server {uri} (from {source}) answered HTTP {err.code}{': ' + detail if detail else ''}"
+        ) from None
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"cannot reach MLflow tracking server {uri} (from {source}): {reason}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise TrackingError(
+            f"{uri} (from {source}) is not an MLflow tracking server: its answer to MLflow's API ({url}) is not JSON"
+        )
+
+
+def _error_message(body: bytes) -> str:
+    """The ``message`` of an MLflow error answer, else the body's first line (at most 200 characters)."""
+    text = body.decode(errors="replace").strip()
+    try:
+        text = str(json.loads(text).get("message", text))
+    except (ValueError, AttributeError):
+        pass
+    return text.splitlines()[0][:200] if text else ""
+
+
+def is_server(uri: str) -> bool:
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def fail_fast_on_lost_server() -> None:
+    """Make MLflow's client give up on a dead tracking server in seconds rather than minutes.
+
+    MLflow retries a failed request 7 times with exponential backoff (minutes
+    in all); a training stage would hang that long after its server went away.
+    Two retries, one second apart, ride out a restart blip; set the
+    ``MLFLOW_HTTP_REQUEST_*`` variables to override. urllib3's per-retry
+    warnings are silenced: :func:`lost_server_reported` says what happened, in
+    one line.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+@contextmanager
+def lost_server_reported(what_is_kept: str) -> Iterator[None]:
+    """Turn the MLflow client's failure on a tracking server that stopped answering into one line.
+
+    Inside the block, an MLflow or HTTP error while the server no longer
+    answers becomes a :class:`TrackingError` naming the server and saying
+    ``what_is_kept``; any other error passes through unchanged.
+    """
+    import mlflow
+    import requests
+
+    try:
+        yield
+    except (mlflow.exceptions.MlflowException, requests.exceptions.RequestException):
+        uri = mlflow.get_tracking_uri()
+        if not is_server(uri):
+            raise
+        # the run's own background threads would report the same loss again, as warnings
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
+        try:
+            check_tracking_store(uri)
+        except TrackingError as lost:
+            raise TrackingError(f"{lost}; {what_is_kept}") from None
+        raise
 
 
 def git_commit() -> str | None:
@@ -117,24 +249,89 @@ def sqlite_init_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag, on the GenAI "Overview" page
+# (traces); with it, on the runs table of a model-training experiment. Value from MLflow's UI code.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def setup_experiment(experiment_name: str) -> str:
-    """Point MLflow at :func:`tracking_uri` and select (creating if needed) the experiment; returns its id."""
+    """Point MLflow at :func:`tracking_uri` and select (creating if needed) the experiment; returns its id.
+
+    The experiment is tagged as a model-training one, so the UI opens it on its
+    runs (an experiment made before that tag existed gets it here too).
+    """
     import mlflow
 
     # A server picks its own artifact store; the local default keeps artifacts beside
     # the database, at an absolute path, so runs from a temporary copy stay there.
     own_store = not os.environ.get("MLFLOW_TRACKING_URI")
     uri = tracking_uri()
+    if is_server(uri):
+        fail_fast_on_lost_server()
     mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI
+    kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     with sqlite_init_lock(uri):
         experiment = mlflow.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
+        if experiment is None:
             location = (project_root() / ARTIFACTS_DIR).as_uri() if own_store else None
-            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location, tags=kind)
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+# `mlflow ui`'s address when the store is a local file
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_link(experiment_id: str, run_id: str | None = None, uri: str | None = None) -> str:
+    """The page of an experiment (or of one of its runs) in MLflow's UI, opened in its model-training view.
+
+    MLflow 3.17's UI ignores the experiment-kind tag once its GenAI / Model
+    training switch exists: it opens what the URL's ``workflowType`` says, else
+    what the browser chose last, else GenAI's trace overview. This link says
+    ``machine_learning``. A file store's link is where ``mlflow ui`` serves it.
+    """
+    uri = uri or tracking_uri()
+    base = uri.rstrip("/") if is_server(uri) else LOCAL_UI
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/#/{page}?workflowType=machine_learning"
+
+
+def file_digest(path: Path) -> str:
+    """MD5 of a file's bytes, as hex: the name DVC gives the file in its cache."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
+    """Record in the active run that it read the prepared ``split`` from ``path``, as ``context``.
+
+    ``context`` is ``"training"`` or ``"testing"``. MLflow keeps the dataset's
+    name, schema and shape (images (N, 1, 32, 32) uint8, labels (N,)), its
+    source file and a digest of the whole file (MLflow's own digest reads only
+    the first rows): runs on different data never share a digest.
+    """
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path matches both
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_numpy(
+            split.images.numpy(),
+            targets=split.labels.numpy(),
+            source=str(path.resolve()),
+            name=f"fashion-mnist-{path.stem}",
+            digest=file_digest(path),
+        )
+    mlflow.log_input(dataset, context=context)
 
 
 def run_name(stage: str, beta: float | None = None, latent_dim: int | None = None) -> str:
@@ -178,23 +375,27 @@ def stage_run(
     the link either way.
     """
     import mlflow
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-    setup_experiment(experiment_name)
-    parent = training_run_id
-    try:
-        mlflow.MlflowClient().get_run(training_run_id)
-    except mlflow.exceptions.MlflowException:
-        parent = None
-        print(
-            f"{stage}: note: training run {training_run_id} is not in {mlflow.get_tracking_uri()}; "
-            "logging this run without a parent",
-            file=sys.stderr,
-        )
-    tags = run_tags(device, stage) | {"training_run_id": training_run_id}
-    with mlflow.start_run(run_name=run_name(stage), parent_run_id=parent, tags=tags) as run:
-        mlflow.log_params(dict(params))
-        yield run
-        write_run_id(run.info.run_id, run_id_file)
+    with lost_server_reported("start the server again and run `dvc repro` to log this stage"):
+        setup_experiment(experiment_name)
+        parent = training_run_id
+        try:
+            mlflow.MlflowClient().get_run(training_run_id)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            parent = None
+            print(
+                f"{stage}: note: training run {training_run_id} is not in {mlflow.get_tracking_uri()}; "
+                "logging this run without a parent",
+                file=sys.stderr,
+            )
+        tags = run_tags(device, stage) | {"training_run_id": training_run_id}
+        with mlflow.start_run(run_name=run_name(stage), parent_run_id=parent, tags=tags) as run:
+            mlflow.log_params(dict(params))
+            yield run
+            write_run_id(run.info.run_id, run_id_file)
 
 
 def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:

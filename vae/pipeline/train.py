@@ -32,7 +32,19 @@ from vae.pipeline.resume import (
     save_state,
 )
 from vae.pipeline.runner import write_history_csv, write_json
-from vae.pipeline.tracking import check_tracking_store, log_model, run_name, run_tags, setup_experiment, write_run_id
+from vae.pipeline.tracking import (
+    check_tracking_store,
+    is_server,
+    log_dataset,
+    log_model,
+    lost_server_reported,
+    run_name,
+    run_tags,
+    setup_experiment,
+    tracking_uri,
+    ui_link,
+    write_run_id,
+)
 from vae.storage import load_prepared, save_model
 from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
 from vae.utils import get_device, set_seed
@@ -95,7 +107,11 @@ def train_pipeline(
 
     setup_experiment(params.mlflow.experiment_name)
     name = None if run_id else run_name("train", params.beta, params.latent_dim)
-    with mlflow.start_run(run_id=run_id, run_name=name) as run:
+    kept = f"every finished epoch is saved in {state_file}: start the server again and run `dvc repro` to resume"
+    with (
+        lost_server_reported(kept),
+        mlflow.start_run(run_id=run_id, run_name=name, log_system_metrics=params.mlflow.system_metrics) as run,
+    ):
         if run_id is None:
             # the params of train and of the stages feeding it: not evaluate's or generate's, which
             # later executions may change without retraining (each logs them in a run of its own)
@@ -104,6 +120,9 @@ def train_pipeline(
                 run_tags(device, "train")
                 | {"train_images": len(train), "test_images": len(test), "precision": precision}
             )
+            # training fits the train split and reports per-epoch losses on the test split
+            log_dataset(train, prepared_files[0], "training")
+            log_dataset(test, prepared_files[1], "testing")
         else:
             _log_missing_epochs(run_id, history, params.beta_at)
         print(f"train: {len(train)} images on {device} ({precision}), MLflow run {run.info.run_id}")
@@ -146,6 +165,8 @@ def train_pipeline(
         )
         log_model(model, paths.MODEL)
         write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
+    served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"
+    print(f"train: the run in MLflow's UI: {ui_link(run.info.experiment_id, run.info.run_id)}{served}")
     clear_state(state_file)  # finished: a later run with the same inputs trains afresh
     return history
 

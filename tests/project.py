@@ -1,0 +1,103 @@
+"""Helpers of the end-to-end tests: temporary git + DVC copies of this repository, commands, MLflow runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "fashion-mnist-vae"
+IMAGES = [
+    "evaluate/vae_reconstructions.png",
+    "generate/vae_generated_samples.png",
+    "generate/vae_latent_grid.png",
+    "generate/vae_interpolation.png",
+]
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
+    """Run ``cmd``; fail the test with its output unless it succeeds. Returns stdout."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def clean_env(idx_dir: Path) -> dict[str, str]:
+    """This process's environment without MLflow or DVC settings, with this venv first on PATH.
+
+    ``FASHION_MNIST_DIR`` keeps the real data when set, else points at ``idx_dir``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("FASHION_MNIST_DIR", str(idx_dir))
+    return env
+
+
+def copy_repo(dest: Path) -> None:
+    """Copy the files git would clone (tracked, and untracked but not ignored)."""
+    listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(listing, cwd=REPO, capture_output=True, check=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def new_project(
+    root: Path, env: dict[str, str], epochs: int = 1, train_limit: int = 300, experiment: str = EXPERIMENT
+) -> Path:
+    """A git + DVC repository copied from this one, with tiny params, committed."""
+    copy_repo(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(epochs=epochs)
+    params["mlflow"].update(experiment_name=experiment)
+    params["data"].update(train_limit=train_limit, test_limit=200)
+    params["train"].update(batch_size=64)
+    params["classifier"].update(epochs=1, min_accuracy=0.0)  # a few hundred images cannot reach 88%
+    params["evaluate"].update(iw_samples=10, fd_samples=500)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "test@example.com"],
+        ["git", "config", "user.name", "test"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny params"],
+    ):
+        run(cmd, root, env)
+    return root
+
+
+def mlflow_runs(tracking_uri: str, experiment_name: str = EXPERIMENT) -> tuple[list, object]:
+    """Every run of the project's experiment in the store at ``tracking_uri``, and a client of that store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"the pipeline created no MLflow experiment in {tracking_uri}"
+    return client.search_runs([experiment.experiment_id]), client
+
+
+def by_stage(runs: list, stage: str) -> list:
+    """The runs of one pipeline stage (train, evaluate, generate), by their ``pipeline_stage`` tag."""
+    return [r for r in runs if r.data.tags.get("pipeline_stage") == stage]
+
+
+def children(runs: list, parent: object, stage: str) -> list:
+    """The ``stage`` runs nested under the training run ``parent``."""
+    return [r for r in by_stage(runs, stage) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,380 @@
+"""The team set-up, with real parts: PostgreSQL, `python -m vae.tracking_server`, a DVC remote, a git origin.
+
+Every command here is one the README's "Team set-up" section gives. The server
+tests start PostgreSQL with its own tools (initdb, pg_ctl) in a temporary
+folder on a free loopback port and stop it at the end; they skip only where
+PostgreSQL is not installed, and fail on CI, which installs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
+from project import IMAGES, by_stage, children, clean_env, free_port, mlflow_runs, new_project, run
+
+from vae.config import load_params
+from vae.pipeline.dvc_yaml import lineage_params, select
+from vae.tracking_server import LocalPostgres
+
+TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"]
+
+
+class TrackingServer:
+    """``python -m vae.tracking_server --data-dir …`` (the README's command) in a process group of its own."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
+        self.command = [
+            sys.executable,
+            "-m",
+            "vae.tracking_server",
+            "--data-dir",
+            str(data_dir),
+            "--pg-port",
+            str(self.pg_port),
+            "--port",
+            str(self.port),
+        ]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        log = open(self.data_dir.parent / "server.log", "a")  # noqa: SIM115 (the process holds it)
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as response:
+                    if response.read() == b"OK":
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, f"the tracking server exited: {self.log_tail()}"
+            assert time.monotonic() < deadline, f"the tracking server did not answer in {timeout} s: {self.log_tail()}"
+            time.sleep(0.5)
+
+    def log_tail(self) -> str:
+        return (self.data_dir.parent / "server.log").read_text()[-3000:]
+
+    def kill(self) -> None:
+        """SIGKILL the tracking server's processes (not PostgreSQL, which pg_ctl runs in a session of its own)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM, as a user's Ctrl-C: the server stops MLflow and PostgreSQL."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def api(self, path: str, body: dict | None = None) -> dict:
+        """Call MLflow's REST API: GET ``path``, or POST ``body`` as JSON."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def download(self, artifact_uri: str) -> bytes:
+        """An artifact's bytes through the server's artifact proxy (``mlflow-artifacts:/…``)."""
+        path = artifact_uri.removeprefix("mlflow-artifacts:/")
+        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{path}", timeout=30) as response:
+            return response.read()
+
+    def runs(self, experiment: str) -> list[dict]:
+        experiment_id = self.api(f"experiments/get-by-name?experiment_name={experiment}")["experiment"]["experiment_id"]
+        return self.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000}).get("runs", [])
+
+    def metric_steps(self, run_id: str, key: str) -> list[int]:
+        history = self.api(f"metrics/get-history?run_id={run_id}&metric_key={key}").get("metrics", [])
+        return sorted(m["step"] for m in history)
+
+
+def params_of(run_: dict) -> dict[str, str]:
+    return {p["key"]: p["value"] for p in run_["data"].get("params", [])}
+
+
+def tags_of(run_: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run_["data"].get("tags", [])}
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TrackingServer]:
+    require_postgres()
+    folder = shared_temp_dir("vae-tracking-")
+    server = TrackingServer(folder / "tracking")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        LocalPostgres(server.data_dir, server.pg_port).stop()  # in case the server could not
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
+
+
+@pytest.mark.slow
+def test_pipeline_against_the_server_logs_everything_over_rest(
+    server: TrackingServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    # system metrics every half second, so a seconds-long training run records some
+    env = env | {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
+    root = new_project(tmp_path / "project", env, epochs=2, experiment="team-e2e")
+    out = run(["dvc", "repro"], root, env)
+    assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()  # all of it went to the server
+
+    experiment = server.api("experiments/get-by-name?experiment_name=team-e2e")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    runs = server.runs("team-e2e")
+    [training] = [r for r in runs if tags_of(r).get("pipeline_stage") == "train"]
+    assert len(runs) == 3  # the training run, and its evaluate and generate runs
+    run_id = training["info"]["run_id"]
+    assert training["info"]["status"] == "FINISHED"
+    link = f"{server.uri}/#/experiments/{experiment['experiment_id']}/runs/{run_id}?workflowType=machine_learning"
+    assert f"train: the run in MLflow's UI: {link}\n" in out  # the page that opens on the model-training view
+    params = load_params(root / "params.yaml")
+    expected = {k: str(v) for k, v in select(params.flat(), lineage_params("train", root / "dvc.yaml")).items()}
+    assert params_of(training) == expected
+    for key in [*TRAIN_METRICS, "beta"]:
+        assert server.metric_steps(run_id, key) == [1, 2], key
+    assert any(m["key"] == "system/cpu_utilization_percentage" for m in training["data"]["metrics"])
+    assert any(m["key"] == "system/system_memory_usage_megabytes" for m in training["data"]["metrics"])
+
+    # the data each run saw: name, digest (the prepared file's MD5, as in DVC's cache), source and context
+    inputs = {
+        next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"]
+        for i in training["inputs"]["dataset_inputs"]
+    }
+    assert set(inputs) == {"training", "testing"}
+    for context, split in (("training", "train"), ("testing", "test")):
+        prepared = root / "data" / "prepared" / f"{split}.pt"
+        assert inputs[context]["name"] == f"fashion-mnist-{split}"
+        assert inputs[context]["digest"] == md5(prepared)
+        assert json.loads(inputs[context]["source"])["uri"] == str(prepared.resolve())
+
+    # artifacts are proxied: mlflow-artifacts: URIs, bytes served by the server, files in its folder
+    artifact_uri = training["info"]["artifact_uri"]
+    assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+    checkpoint = server.download(f"{artifact_uri}/checkpoint/vae_fashion_mnist.pth")
+    assert checkpoint == (root / "models" / "vae_fashion_mnist.pth").read_bytes()
+    assert list((server.data_dir / "artifacts").rglob("vae_fashion_mnist.pth"))
+    [evaluate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "evaluate"]
+    [generate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "generate"]
+    for child, folder in ((evaluate, "evaluate"), (generate, "generate")):
+        assert tags_of(child)["mlflow.parentRunId"] == run_id and child["info"]["status"] == "FINISHED"
+        listed = server.api(f"artifacts/list?run_id={child['info']['run_id']}&path={folder}")["files"]
+        for image in (name for name in IMAGES if name.startswith(folder)):
+            assert image in {f["path"] for f in listed}, image
+            assert server.download(f"{child['info']['artifact_uri']}/{image}").startswith(b"\x89PNG")
+    assert {m["key"] for m in evaluate["data"]["metrics"]} >= {"eval_nelbo", "eval_iw_log_likelihood"}
+    assert {i["dataset"]["digest"] for i in evaluate["inputs"]["dataset_inputs"]} == {
+        md5(root / "data/prepared/test.pt"),
+        md5(root / "data/prepared/train.pt"),
+    }
+
+    # the logged model: its files behind the proxy, and loadable by a client that knows only the server
+    [model] = server.api("logged-models/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 10})[
+        "models"
+    ]
+    assert model["info"]["source_run_id"] == run_id
+    assert model["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import mlflow, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/model'); "
+            "x = m(torch.randn(3, 2)); print(tuple(x.shape), float(x.min()) >= 0, float(x.max()) <= 1)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.stdout.strip() == "(3, 1, 32, 32) True True", loaded.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_on_two_workers_against_the_server(
+    server: TrackingServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    env = env | {"MLFLOW_TRACKING_URI": server.uri}
+    root = new_project(tmp_path / "queue", env, experiment="team-queue")
+    run(["dvc", "exp", "run", "--queue", "-S", "beta=1,10"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root, env)):
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+
+    runs, client = mlflow_runs(server.uri, "team-queue")
+    training = by_stage(runs, "train")
+    assert sorted(r.data.params["beta"] for r in training) == ["1.0", "10.0"]  # both, neither twice
+    assert len(runs) == 6
+    for run_ in training:
+        assert run_.info.status == "FINISHED" and run_.data.tags.get("dvc_exp_name")
+        assert [m.step for m in client.get_metric_history(run_.info.run_id, "loss")] == [1]
+        [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
+        assert evaluate.info.status == generate.info.status == "FINISHED"
+        assert evaluate.data.params["beta"] == run_.data.params["beta"]
+
+
+def saved_state(root: Path) -> dict:
+    try:
+        return torch.load(root / "checkpoints" / "train_state.pt", weights_only=True)
+    except Exception:  # not written yet
+        return {}
+
+
+@pytest.mark.slow
+def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
+    server: TrackingServer, tmp_path: Path
+) -> None:
+    # enough images for an epoch to take a few seconds, so the kill lands in epoch 2
+    env = clean_env(write_fashion_mnist(tmp_path / "idx", 2048, 256)) | {"MLFLOW_TRACKING_URI": server.uri}
+    env["FASHION_MNIST_DIR"] = str(tmp_path / "idx")
+    root = new_project(tmp_path / "project", env, epochs=3, train_limit=2048, experiment="team-server-death")
+    run(["dvc", "repro", "prepare"], root, env)
+    repro = subprocess.Popen(
+        ["dvc", "repro", "train"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not (state := saved_state(root)) or server.metric_steps(state["run_id"], "loss") != [1]:
+        assert repro.poll() is None, repro.communicate()
+        assert time.monotonic() < deadline, "epoch 1 was not logged within 300 s"
+        time.sleep(0.1)
+    run_id = state["run_id"]
+    server.kill()
+    killed_at = time.monotonic()
+    out, err = repro.communicate(timeout=300)
+    stopped_after = time.monotonic() - killed_at
+    print(f"\ntrain stopped {stopped_after:.1f} s after the server was killed; dvc repro's stderr:\n{err}")
+    assert repro.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("train: error:")]
+    assert len(lines) == 1, err
+    assert f"cannot reach MLflow tracking server {server.uri} (from MLFLOW_TRACKING_URI)" in lines[0]
+    assert "every finished epoch is saved in checkpoints/train_state.pt" in lines[0]
+    assert "Traceback" not in err and "Retrying" not in err, err
+    assert stopped_after < 30
+    assert saved_state(root)["epoch"] >= 2  # the epoch that ended when the server was gone is kept too
+    assert not (root / "models" / "vae_fashion_mnist.pth").exists()
+
+    server.start()
+    out = run(["dvc", "repro"], root, env)
+    assert re.search(r"train: resuming after epoch [23] from checkpoints/train_state.pt", out), out
+    assert (root / "outputs" / "train_run_id.txt").read_text().strip() == run_id  # the same MLflow run
+    [training] = [r for r in server.runs("team-server-death") if tags_of(r).get("pipeline_stage") == "train"]
+    assert training["info"]["run_id"] == run_id and training["info"]["status"] == "FINISHED"
+    for key in [*TRAIN_METRICS, "beta"]:
+        assert server.metric_steps(run_id, key) == [1, 2, 3], key  # each epoch logged exactly once
+
+
+@pytest.mark.slow
+def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres: LocalPostgres, tmp_path: Path) -> None:
+    wrong = postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong-password")
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "vae.tracking_server", "--backend-store-uri", wrong]
+        + ["--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"tracking_server: error: cannot use database postgresql://mlflow:***@127.0.0.1:{postgres.port}/mlflow "
+        f'(from --backend-store-uri): connection to server at "127.0.0.1", port {postgres.port} failed: '
+        'FATAL: password authentication failed for user "mlflow"'
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["wrong password", "unreachable database", "not an MLflow server"])
+def test_a_bad_tracking_store_stops_train_before_any_work(
+    store: str, request: pytest.FixtureRequest, env: dict[str, str], tmp_path: Path
+) -> None:
+    if store == "not an MLflow server":
+        uri = request.getfixturevalue("not_mlflow")
+        expected = f"{uri} (from MLFLOW_TRACKING_URI) is not an MLflow tracking server: its answer to MLflow's API"
+    elif store == "wrong password":
+        postgres = request.getfixturevalue("postgres")
+        uri = postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong-password")
+        expected = 'password authentication failed for user "mlflow"'
+    else:
+        uri = f"postgresql://mlflow:secret@127.0.0.1:{free_port()}/mlflow"
+        expected = "Connection refused"
+    env = env | {"MLFLOW_TRACKING_URI": uri}
+    root = new_project(tmp_path / "project", env)
+    run(["dvc", "repro", "prepare"], root, env)
+    result = subprocess.run(
+        [sys.executable, "stages/train.py"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("train: error: "), result.stderr
+    assert expected in result.stderr and "wrong-password" not in result.stderr and "secret" not in result.stderr
+    assert not (root / "models").exists() and not (root / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(env: dict[str, str], tmp_path: Path) -> None:
+    origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
+    a = new_project(tmp_path / "a", env)
+    # clone A: the README's commands, with a folder for the remote (s3://… in the README)
+    run(["dvc", "remote", "add", "-d", "storage", str(storage)], a, env)
+    run(["dvc", "repro"], a, env)
+    run(["git", "add", "-A"], a, env)
+    run(["git", "commit", "-qm", "results"], a, env)
+    run(["git", "remote", "add", "origin", str(origin)], a, env)
+    run(["git", "push", "-q", "origin", "HEAD:main"], a, env)
+    run(["dvc", "push"], a, env)
+    out = run(["dvc", "exp", "run", "-S", "beta=100"], a, env)
+    [name] = re.findall(r"Ran experiment\(s\): (\S+)", out) or [None]
+    assert name, out
+    run(["dvc", "exp", "push", "origin", name], a, env)
+
+    b = tmp_path / "b"
+    run(["git", "clone", "-q", "--branch", "main", str(origin), str(b)], tmp_path, env)
+    run(["dvc", "pull"], b, env)
+    for output in ("models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "data/prepared/train.pt"):
+        assert (b / output).is_file(), output
+    assert (b / "data/prepared/train.pt").read_bytes() == (a / "data/prepared/train.pt").read_bytes()
+    assert "up to date" in run(["dvc", "status"], b, env)  # every output matches dvc.lock's hashes
+    assert "Running stage" not in run(["dvc", "repro"], b, env)  # nothing recomputed
+    assert not (b / "mlflow.db").exists()
+
+    run(["dvc", "exp", "pull", "origin", name], b, env)
+    table = json.loads(run(["dvc", "exp", "show", "-A", "--json"], b, env))
+    shown = {
+        exp["name"]: exp["revs"][0]["data"]
+        for rev in table
+        for exp in (rev.get("experiments") or [])
+        if exp.get("name")
+    }
+    assert name in shown, table
+    assert shown[name]["params"]["params.yaml"]["data"]["beta"] == 100
+    assert shown[name]["metrics"]["metrics/evaluate.json"]["data"]["nelbo"] > 0

@@ -1,0 +1,284 @@
+"""A team's MLflow tracking server: runs in PostgreSQL, artifacts in a folder or S3 bucket, proxied.
+
+Try it, or host it for a small team, with a PostgreSQL of its own kept in one folder::
+
+    python -m vae.tracking_server --data-dir ~/vae-tracking --port 5000
+
+The first start creates the database cluster there with PostgreSQL's own tools
+(``initdb``; a random password, kept in ``DATA_DIR/password``), then every start
+runs ``pg_ctl start`` on ``127.0.0.1:--pg-port``, ``createdb mlflow`` when the
+database is missing, and the MLflow server. Artifacts go to
+``DATA_DIR/artifacts``. Ctrl-C (or SIGTERM) stops both.
+
+With an existing PostgreSQL and S3-compatible artifact storage::
+
+    python -m vae.tracking_server \\
+        --backend-store-uri postgresql://mlflow:PASSWORD@db.example.com:5432/mlflow \\
+        --artifacts-destination s3://my-bucket/mlflow --host 0.0.0.0 --port 5000
+
+Either way the database is checked first (an unreachable server, a wrong
+password or a missing database is one line naming the URI), then this runs
+MLflow's documented production set-up::
+
+    mlflow server --backend-store-uri URI --artifacts-destination DEST --host HOST --port PORT
+
+Artifacts are proxied: runs record ``mlflow-artifacts:`` URIs and clients
+upload and download through the server, so a trainer's machine needs only
+``MLFLOW_TRACKING_URI=http://HOST:PORT``, never the bucket's credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from vae.errors import UserError
+from vae.pipeline.tracking import check_database, redact
+
+DATABASE = "mlflow"
+DB_USER = "mlflow"
+# PostgreSQL refuses to run as root; as root, its tools run as the account Debian's package makes
+POSTGRES_ACCOUNT = "postgres"
+
+
+class ServerError(UserError, RuntimeError):
+    """The tracking server or its database cannot start; the message names what and why."""
+
+
+def postgres_tool(name: str) -> str:
+    """The path of one of PostgreSQL's programs (``initdb``, ``pg_ctl``, ``createdb``).
+
+    On PATH, else the newest of Debian's ``/usr/lib/postgresql/<version>/bin``.
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    if not candidates:
+        raise ServerError(
+            f"PostgreSQL's {name} is not installed (not on PATH nor under /usr/lib/postgresql/*/bin); "
+            "install PostgreSQL (Debian: apt-get install -y postgresql) or pass --backend-store-uri"
+        )
+    return str(candidates[-1])
+
+
+class LocalPostgres:
+    """A PostgreSQL cluster of the tracking server's own, in ``data_dir/postgres``, on ``127.0.0.1:port``.
+
+    Only TCP on loopback (no Unix socket), password authentication
+    (scram-sha-256) for the one user ``mlflow``.
+    """
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self.port = port
+        self.cluster = self.data_dir / "postgres"
+        self.log = self.data_dir / "postgres.log"
+        self.password_file = self.data_dir / "password"
+
+    @property
+    def uri(self) -> str:
+        """The SQLAlchemy URI of the ``mlflow`` database, password included."""
+        password = self.password_file.read_text().strip()
+        return f"postgresql://{DB_USER}:{password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _as_owner(self, command: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return command
+        return ["runuser", "-u", POSTGRES_ACCOUNT, "--", *command]
+
+    def _run(self, command: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self._as_owner(command), capture_output=True, text=True, **kwargs)
+        if result.returncode != 0:
+            reason = (result.stderr or result.stdout).strip().splitlines()
+            raise ServerError(f"{what} failed: {reason[-1] if reason else f'exit status {result.returncode}'}")
+        return result
+
+    def init(self) -> None:
+        """Create the cluster on first use (``initdb``), with a new random password for ``mlflow``."""
+        if (self.cluster / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster.mkdir(mode=0o700, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        self.password_file.touch(mode=0o600)
+        self.password_file.write_text(password + "\n")
+        self.log.touch()
+        # initdb reads the password from a file; this copy lives only while initdb runs
+        initdb_password = self.data_dir / ".initdb-password"
+        initdb_password.touch(mode=0o600)
+        initdb_password.write_text(password + "\n")
+        try:
+            if os.geteuid() == 0:
+                self._hand_to_postgres_account(self.cluster, self.log, initdb_password)
+            self._run(
+                [
+                    postgres_tool("initdb"),
+                    "--pgdata",
+                    str(self.cluster),
+                    "--username",
+                    DB_USER,
+                    "--pwfile",
+                    str(initdb_password),
+                    "--auth-local",
+                    "trust",
+                    "--auth-host",
+                    "scram-sha-256",
+                    "--encoding",
+                    "UTF8",
+                ],
+                f"initdb {self.cluster}",
+            )
+        finally:
+            initdb_password.unlink(missing_ok=True)
+
+    def _hand_to_postgres_account(self, *paths: Path) -> None:
+        """As root: give PostgreSQL's account its files, and check it can reach them."""
+        try:
+            for path in paths:
+                shutil.chown(path, POSTGRES_ACCOUNT)
+        except (LookupError, OSError) as err:
+            raise ServerError(
+                f"PostgreSQL refuses to run as root and the {POSTGRES_ACCOUNT!r} account is unusable ({err}); "
+                "run this as an ordinary user"
+            ) from None
+        reachable = subprocess.run(self._as_owner(["test", "-w", str(self.cluster)]), capture_output=True)
+        if reachable.returncode != 0:
+            raise ServerError(
+                f"{self.data_dir}: PostgreSQL runs as user {POSTGRES_ACCOUNT} here (this is root), and that "
+                "user cannot enter this folder; pick one every user can enter (e.g. under /srv or /tmp)"
+            )
+
+    def running(self) -> bool:
+        status = subprocess.run(
+            self._as_owner([postgres_tool("pg_ctl"), "status", "--pgdata", str(self.cluster)]), capture_output=True
+        )
+        return status.returncode == 0
+
+    def start(self) -> None:
+        """Initialise if needed, start PostgreSQL unless it runs already, create the database if missing."""
+        self.init()
+        if not self.running():
+            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
+            command = [postgres_tool("pg_ctl"), "start", "--wait", "--pgdata", str(self.cluster)]
+            result = subprocess.run(
+                self._as_owner([*command, "--log", str(self.log), "-o", options]), capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                fatal = [line for line in self.log.read_text().splitlines() if "FATAL" in line or "could not" in line]
+                reason = fatal[-1].split(":", 3)[-1].strip() if fatal else "see " + str(self.log)
+                raise ServerError(f"PostgreSQL did not start on 127.0.0.1:{self.port}: {reason}")
+        env = os.environ | {"PGPASSWORD": self.password_file.read_text().strip()}
+        created = subprocess.run(
+            [postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER, DATABASE],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise ServerError(f"createdb {DATABASE} on 127.0.0.1:{self.port} failed: {created.stderr.strip()}")
+
+    def stop(self) -> None:
+        if self.running():
+            self._run(
+                [postgres_tool("pg_ctl"), "stop", "--wait", "--mode", "fast", "--pgdata", str(self.cluster)],
+                f"pg_ctl stop {self.cluster}",
+            )
+
+
+def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, host: str, port: int) -> list[str]:
+    """MLflow's production set-up: runs in the database, artifacts proxied to ``artifacts_destination``."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: int) -> int:
+    """Check the database, then run ``mlflow server`` until it exits or this process is told to stop.
+
+    Returns the server's exit status (0 after Ctrl-C or SIGTERM).
+    """
+    check_database(backend_store_uri, "--backend-store-uri")
+    server = subprocess.Popen(mlflow_server_command(backend_store_uri, artifacts_destination, host, port))
+    address = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    print(
+        f"tracking_server: MLflow on http://{address}:{port} (runs in {redact(backend_store_uri)}, "
+        f"artifacts in {artifacts_destination}); clients: export MLFLOW_TRACKING_URI=http://{address}:{port}",
+        flush=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else status
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae.tracking_server",
+        description="An MLflow tracking server on PostgreSQL with proxied artifacts, for a team.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="run a PostgreSQL of its own in this folder, artifacts beside it")
+    where.add_argument("--backend-store-uri", help="an existing database: postgresql://USER:PASSWORD@HOST:PORT/DB")
+    parser.add_argument(
+        "--artifacts-destination", help="a folder or s3://bucket/prefix (default with --data-dir: DATA_DIR/artifacts)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=5000, help="MLflow's port (default 5000)")
+    parser.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL's port with --data-dir (default 5432)")
+    args = parser.parse_args(argv)
+    if args.backend_store_uri and not args.artifacts_destination:
+        parser.error("--backend-store-uri needs --artifacts-destination (a folder or s3://bucket/prefix)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.backend_store_uri:
+            sys.exit(serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port))
+        postgres = LocalPostgres(args.data_dir, args.pg_port)
+        postgres.start()
+        try:
+            destination = args.artifacts_destination or str(postgres.data_dir / "artifacts")
+            status = serve(postgres.uri, destination, args.host, args.port)
+        finally:
+            postgres.stop()
+        sys.exit(status)
+    except UserError as err:
+        print(f"tracking_server: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
