@@ -6,6 +6,7 @@ import gzip
 import http.server
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -56,6 +57,18 @@ def real_data_dir() -> Path:
     if not value:
         pytest.skip(f"{ENV_VAR} is not set")
     return Path(value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_reaches_python() -> None:
+    """Restore Python's Ctrl-C handler when the suite was started with SIGINT ignored.
+
+    A shell ignores SIGINT in what it starts in the background (``bash .ci/run &``),
+    and every Python started from there inherits that: the tests of Ctrl-C
+    handling need it delivered, here and in the stages they start.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,7 @@ from vae.data import FashionMNISTSplit, read_split, resolve_data_dir
 from vae.errors import UserError
 from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
+from vae.pipeline.registry import Candidate, rank
 from vae.pipeline.tracking import check_database, check_tracking_store, read_run_id
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
@@ -135,6 +136,12 @@ def _wrong_password(tmp: Path, postgres: LocalPostgres) -> None:
     check_database(postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong"), "--backend-store-uri")
 
 
+def _promote_by(metric: str) -> Callable:
+    """Rank two real-looking candidates (what the registry's evaluate runs hold) by ``metric``."""
+    evaluated = {"eval_iw_log_likelihood": -240.0, "eval_nelbo": 250.0, "eval_test_loss": 90.0}
+    return lambda tmp: rank([Candidate(1, "a" * 32, {}, evaluated), Candidate(2, "b" * 32, {}, evaluated)], metric)
+
+
 def _bad_run_id(tmp: Path) -> None:
     Path("outputs").mkdir()
     Path("outputs/train_run_id.txt").write_text("not a run id!\n")
@@ -171,6 +178,8 @@ REPRODUCE: dict[str, Callable] = {
     "`MLFLOW_TRACKING_URI` that is not an MLflow server": _not_mlflow,
     "unreachable database in `MLFLOW_TRACKING_URI`": _unreachable_database,
     "wrong database password (`vae.tracking_server`)": _wrong_password,
+    "`python -m vae.promote --metric eval_fid`": _promote_by("eval_fid"),
+    "`python -m vae.promote --metric test_loss`": _promote_by("test_loss"),
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
     "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
     "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),

@@ -328,4 +328,8 @@ def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> Non
         assert set(IMAGES) <= logged
         assert evaluate.data.params["beta"] == run_.data.params["beta"]
         assert client.list_artifacts(run_.info.run_id, "checkpoint")
-    assert len(client.search_logged_models([runs[0].info.experiment_id])) == len(betas)
+    assert len(client.search_logged_models([runs[0].info.experiment_id])) == 2 * len(betas)  # decoder, encoder
+    for name in ("fashion-mnist-vae", "fashion-mnist-vae-encoder"):  # registered by four processes at once
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+        assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in training)

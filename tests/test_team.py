@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,9 +198,9 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
     }
 
     # the logged model: its files behind the proxy, and loadable by a client that knows only the server
-    [model] = server.api("logged-models/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 10})[
-        "models"
-    ]
+    models = server.api("logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
+    assert sorted(m["info"]["name"] for m in models) == ["encoder", "model"]  # the decoder, and the encoder
+    [model] = [m for m in models if m["info"]["name"] == "model"]
     assert model["info"]["source_run_id"] == run_id
     assert model["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
     loaded = subprocess.run(
@@ -215,6 +216,14 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         timeout=300,
     )
     assert loaded.stdout.strip() == "(3, 1, 32, 32) True True", loaded.stderr[-2000:]
+
+    # registered on the server: a new version of the decoder and of the encoder, tagged with where it came from
+    for name in ("fashion-mnist-vae", "fashion-mnist-vae-encoder"):
+        query = urllib.parse.urlencode({"filter": f"name = '{name}' AND run_id = '{run_id}'"})
+        [version] = server.api(f"model-versions/search?{query}")["model_versions"]
+        tags = {t["key"]: t["value"] for t in version["tags"]}
+        assert tags["beta"] == "500" and tags["latent_dim"] == "2" and tags["training_run_id"] == run_id
+        assert tags["checkpoint_md5"] == md5(root / "models" / "vae_fashion_mnist.pth")
 
 
 @pytest.mark.slow

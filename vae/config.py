@@ -104,6 +104,7 @@ class GenerateParams(_Section):
 class MlflowParams(_Section):
     experiment_name: Text
     system_metrics: bool  # log CPU, memory (and GPU) use during training as system/* metrics
+    registered_model: Text | None  # each training run's models become new versions of it (null: not registered)
 
 
 class Params(_Section):

@@ -19,6 +19,7 @@ from vae.metrics import active_units, frechet_distance, importance_weighted_log_
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
+from vae.pipeline.registry import decoder_model_id
 from vae.pipeline.runner import write_json
 from vae.pipeline.tracking import check_tracking_store, log_dataset, read_run_id, stage_run
 from vae.storage import load_model, load_prepared
@@ -101,5 +102,6 @@ def main() -> None:
     with stage_run("evaluate", experiment, logged_params, training_run_id, device, paths.EVALUATE_RUN_ID):
         log_dataset(test, paths.PREPARED_TEST, "testing")  # every metric is on the test split
         log_dataset(train, paths.PREPARED_TRAIN, "training")  # the k-NN classifier's neighbours
-        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
+        # on the run, and on the training run's decoder model: its registered version shows them
+        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, model_id=decoder_model_id(training_run_id))
         mlflow.log_artifacts(str(paths.EVALUATE_DIR), artifact_path="evaluate")

@@ -38,11 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import torch
-
 from vae.data import FashionMNISTSplit
 from vae.errors import UserError
-from vae.model import VAE
 from vae.storage import atomic_write
 
 if TYPE_CHECKING:
@@ -396,39 +393,6 @@ def stage_run(
             mlflow.log_params(dict(params))
             yield run
             write_run_id(run.info.run_id, run_id_file)
-
-
-def log_model(model: VAE, checkpoint: Path, name: str = "model") -> None:
-    """Log the generative model with MLflow's PyTorch flavour, plus the whole VAE's checkpoint.
-
-    The MLflow model is the decoder, z → image: ``mlflow.pytorch.load_model``
-    gives a module that maps a latent batch (N, latent_dim) to images
-    (N, 1, 32, 32) in [0, 1], and
-    ``mlflow.pyfunc`` serves it as is (the signature and input example say so).
-    MLflow saves it as an exported graph (``torch.export``), so loading needs
-    no install of this project. The whole VAE, encoder included, is the
-    checkpoint logged under ``checkpoint/`` (rebuild it with
-    :func:`vae.storage.load_model`).
-    """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    decoder = model.decoder.eval()
-    example = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        output = decoder(example.to(next(decoder.parameters()).device)).cpu()
-    with warnings.catch_warnings():
-        # torch.export's archive writer warns about every weight of a model saved from the CPU
-        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-        mlflow.pytorch.log_model(
-            decoder,
-            name=name,
-            signature=infer_signature(example.numpy(), output.numpy()),
-            input_example=example.numpy(),
-            serialization_format="pt2",  # an exported graph: loading it needs no install of this project
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
-    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
 
 
 def write_run_id(run_id: str, path: Path) -> None:

@@ -20,6 +20,7 @@ from vae.data import FashionMNISTSplit
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select, stage_params
+from vae.pipeline.registry import log_models
 from vae.pipeline.resume import (
     STATE_FILE,
     TrainState,
@@ -34,9 +35,9 @@ from vae.pipeline.resume import (
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.pipeline.tracking import (
     check_tracking_store,
+    file_digest,
     is_server,
     log_dataset,
-    log_model,
     lost_server_reported,
     run_name,
     run_tags,
@@ -163,7 +164,19 @@ def train_pipeline(
         write_history_csv(
             history | {"beta": [params.beta_at(e) for e in range(1, params.epochs + 1)]}, paths.TRAIN_HISTORY
         )
-        log_model(model, paths.MODEL)
+        provenance = {k: v for k, v in run_tags(device, "train").items() if k in ("git_commit", "dvc_exp_name")}
+        log_models(
+            model,
+            paths.MODEL,
+            params.mlflow.registered_model,
+            {
+                "beta": f"{params.beta:g}",
+                "latent_dim": str(params.latent_dim),
+                "training_run_id": run.info.run_id,
+                "checkpoint_md5": file_digest(paths.MODEL),  # the DVC artifact's hash in dvc.lock
+            }
+            | provenance,
+        )
         write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
     served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"
     print(f"train: the run in MLflow's UI: {ui_link(run.info.experiment_id, run.info.run_id)}{served}")

@@ -1,0 +1,271 @@
+"""MLflow's Model Registry: every training run's models registered, the best one promoted by a β-independent metric.
+
+Each training run logs two MLflow models and registers each as a new version
+(:func:`log_models`), under the name ``mlflow.registered_model`` in params.yaml:
+
+- ``<name>``, the decoder: latent codes (N, latent_dim) float32 → images
+  (N, 1, 32, 32) in [0, 1];
+- ``<name>-encoder``, the encoder's means: images (N, 1, 32, 32) float32 in
+  [0, 1] → latent means (N, latent_dim), the embedding of an image.
+
+Both are exported graphs (``torch.export``), so loading or serving them needs
+PyTorch and MLflow, not this package. Each version's tags name β, latent_dim,
+the git commit, the DVC experiment and the training run; the evaluate stage's
+metrics are reachable from the version: they are logged on its MLflow model
+(``model_id``) and in the evaluate run nested under the version's run.
+
+:func:`promote` (``python -m vae.promote``) ranks the decoder's versions by a
+metric of their latest evaluate run, in the right direction for that metric,
+and points the alias ``champion`` of both models at the best run's versions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from vae.errors import UserError
+from vae.model import VAE, VariationalEncoder
+
+if TYPE_CHECKING:
+    import mlflow
+
+ALIAS = "champion"
+DECODER, ENCODER = "model", "encoder"  # the MLflow models' names inside a training run
+# the metrics promotion accepts: those that do not depend on β, with the direction that is better
+DIRECTIONS = {
+    "eval_iw_log_likelihood": "higher",
+    "eval_nelbo": "lower",
+    "eval_knn_accuracy": "higher",
+    "eval_classifier_frechet_distance": "lower",
+}
+DEFAULT_METRIC = "eval_iw_log_likelihood"
+
+
+class RegistryError(UserError, LookupError):
+    """The registry holds nothing promotion can use; the message names the model, metric or alias."""
+
+
+def encoder_name(registered_model: str) -> str:
+    """The registered name of the encoder of the models registered as ``registered_model``."""
+    return f"{registered_model}-encoder"
+
+
+class EncoderMeans(nn.Module):
+    """The encoder's means: images (N, 1, 32, 32) in [0, 1] → latent means (N, latent_dim)."""
+
+    def __init__(self, encoder: VariationalEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+
+def _log_exported(module: nn.Module, example: torch.Tensor, name: str, registered_model: str | None) -> str | None:
+    """Log ``module`` as an exported-graph MLflow model; returns its new registered version, if registered."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    module = module.eval()
+    with torch.inference_mode():
+        output = module(example.to(next(module.parameters()).device)).cpu()
+    with warnings.catch_warnings():
+        # torch.export's archive writer warns about every weight of a model saved from the CPU
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        info = mlflow.pytorch.log_model(
+            module,
+            name=name,
+            signature=infer_signature(example.numpy(), output.numpy()),
+            input_example=example.numpy(),
+            serialization_format="pt2",  # an exported graph: loading it needs no install of this project
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            registered_model_name=registered_model,
+        )
+    return None if info.registered_model_version is None else str(info.registered_model_version)
+
+
+def log_models(model: VAE, checkpoint: Path, registered_model: str | None, version_tags: dict[str, str]) -> None:
+    """Log the decoder and the encoder as MLflow models of the active run, and register both.
+
+    ``mlflow.pytorch.load_model`` gives back a module: the decoder maps a latent
+    batch (N, latent_dim) to images (N, 1, 32, 32) in [0, 1], the encoder images
+    (N, 1, 32, 32) in [0, 1] to latent means (N, latent_dim); ``mlflow models
+    serve`` serves either, and MLflow rejects inputs of another shape (the
+    signatures say so). With ``registered_model`` set, each becomes a new
+    version of ``registered_model`` and of its ``-encoder``, tagged with
+    ``version_tags``. The whole VAE's checkpoint is logged under ``checkpoint/``
+    (rebuild it with :func:`vae.storage.load_model`).
+    """
+    import mlflow
+
+    latents = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(4, model.input_channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    encoder_registered = encoder_name(registered_model) if registered_model else None
+    versions = {
+        registered_model: _log_exported(model.decoder, latents, DECODER, registered_model),
+        encoder_registered: _log_exported(EncoderMeans(model.encoder), images, ENCODER, encoder_registered),
+    }
+    client = mlflow.MlflowClient()
+    for name, version in versions.items():
+        if name is not None:
+            for key, value in version_tags.items():
+                client.set_model_version_tag(name, version, key, value)
+    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+
+
+def decoder_model_id(training_run_id: str) -> str | None:
+    """The id of the decoder's MLflow model logged by ``training_run_id``, or None when it is not in this store."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        experiment_id = client.get_run(training_run_id).info.experiment_id
+    except mlflow.exceptions.MlflowException:
+        return None
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{training_run_id}'"
+    )
+    return next((m.model_id for m in models if m.name == DECODER), None)
+
+
+# --- promotion ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered decoder version and the metrics of the latest evaluate run of its training run."""
+
+    version: int
+    run_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    metric: str
+    candidates: list[Candidate]  # best first; versions without the metric last
+    winner: Candidate
+    previous: int | None  # the version the alias named before, if any
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.winner.version
+
+
+def _canonical(metric: str) -> str:
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def candidates(client: mlflow.MlflowClient, name: str) -> list[Candidate]:
+    """Every version of the registered model ``name``, with the metrics of its latest finished evaluate run."""
+    import mlflow
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException as err:
+        raise RegistryError(f"cannot list the versions of registered model {name!r}: {err.message}") from None
+    if not versions:
+        raise RegistryError(
+            f"registered model {name!r} has no versions in {mlflow.get_tracking_uri()}; "
+            "run the pipeline first (dvc repro), or check mlflow.registered_model and MLFLOW_TRACKING_URI"
+        )
+    found = []
+    for version in versions:
+        experiment_id = client.get_run(version.run_id).info.experiment_id
+        evaluations = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.training_run_id = '{version.run_id}' AND tags.pipeline_stage = 'evaluate' "
+            "AND attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        metrics = dict(evaluations[0].data.metrics) if evaluations else {}
+        found.append(Candidate(int(version.version), version.run_id, dict(version.tags), metrics))
+    return found
+
+
+def rank(found: list[Candidate], metric: str) -> list[Candidate]:
+    """``found`` best first by ``metric`` in its direction (ties: the older version first), unscored last.
+
+    Raises:
+        RegistryError: no version has ``metric`` (the message lists those they have), or it is not
+            one promotion can rank by (the message lists those it can).
+    """
+    metric = _canonical(metric)
+    present = sorted({key for c in found for key in c.metrics})
+    if metric not in present:
+        raise RegistryError(
+            f"no registered version has metric {metric!r}; their evaluate runs have: {', '.join(present) or 'none'}"
+        )
+    if metric not in DIRECTIONS:
+        choices = ", ".join(f"{key} ({better} is better)" for key, better in DIRECTIONS.items())
+        raise RegistryError(f"{metric} depends on beta or has no better direction; rank by one of: {choices}")
+    sign = -1.0 if DIRECTIONS[metric] == "higher" else 1.0
+
+    def key(c: Candidate) -> tuple[bool, float, int]:
+        value = c.metrics.get(metric, math.nan)
+        return (math.isnan(value), sign * value if not math.isnan(value) else 0.0, c.version)
+
+    return sorted(found, key=key)
+
+
+def promote(name: str, metric: str = DEFAULT_METRIC, alias: str = ALIAS) -> Promotion:
+    """Point ``alias`` of ``name`` (and of its encoder) at the version whose run is best by ``metric``.
+
+    Running it again with no new version or evaluation changes nothing.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    ranked = rank(candidates(client, name), metric)
+    winner = ranked[0]
+    previous = _aliased(client, name, alias)
+    if previous is None or previous.version != str(winner.version):
+        client.set_registered_model_alias(name, alias, str(winner.version))
+    # the encoder version from the same training run gets the same alias
+    encoder = encoder_name(name)
+    for version in client.search_model_versions(f"name = '{encoder}' AND run_id = '{winner.run_id}'"):
+        current = _aliased(client, encoder, alias)
+        if current is None or current.version != version.version:
+            client.set_registered_model_alias(encoder, alias, version.version)
+    return Promotion(name, _canonical(metric), ranked, winner, None if previous is None else int(previous.version))
+
+
+def _aliased(client: mlflow.MlflowClient, name: str, alias: str) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The version of ``name`` that ``alias`` points at, or None."""
+    import mlflow
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def format_promotion(result: Promotion, alias: str = ALIAS) -> str:
+    """The candidates as a small table, best first, and the outcome in one line."""
+    metric = result.metric
+    header = f"{'version':>7}  {'beta':>8}  {'latent_dim':>10}  {'dvc experiment':<18}  {metric:>{len(metric)}}"
+    lines = [f"{result.name}: versions by {metric} ({DIRECTIONS[metric]} is better)", header]
+    for c in result.candidates:
+        value = c.metrics.get(metric)
+        shown = f"{value:.4f}" if value is not None else "not evaluated"
+        mark = f"  ← {alias}" if c is result.winner else ""
+        lines.append(
+            f"{c.version:>7}  {c.tags.get('beta', '?'):>8}  {c.tags.get('latent_dim', '?'):>10}  "
+            f"{c.tags.get('dvc_exp_name', '-'):<18}  {shown:>{len(metric)}}{mark}"
+        )
+    if result.changed:
+        was = f" (was version {result.previous})" if result.previous is not None else ""
+        lines.append(f"{alias}: version {result.winner.version}{was}")
+    else:
+        lines.append(f"{alias}: version {result.winner.version}, unchanged")
+    return "\n".join(lines)
