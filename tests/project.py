@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -26,6 +28,16 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) ->
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+def run_queue(root: Path, env: dict[str, str], jobs: int = 2, timeout: float = 600) -> str:
+    """``dvc queue start -j JOBS``, then wait until nothing is queued or running; returns ``dvc queue status``."""
+    run(["dvc", "queue", "start", "-j", str(jobs)], root, env)
+    deadline = time.monotonic() + timeout
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root, env)):
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    return status
 
 
 def clean_env(idx_dir: Path) -> dict[str, str]:

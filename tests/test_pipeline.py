@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
-from project import IMAGES, by_stage, children, clean_env, free_port, new_project, run
+from project import IMAGES, by_stage, children, clean_env, free_port, new_project, run, run_queue
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
@@ -308,11 +307,7 @@ def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> Non
     root = new_project(tmp_path / "parallel", env, epochs=2)
     betas = ["1.0", "10.0", "100.0", "500.0"]
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=1,10,100,500"], root, env)  # DVC's grid syntax
-    run(["dvc", "queue", "start", "--jobs", "2"], root, env)
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root, env)):
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    status = run_queue(root, env, jobs=2)
     assert status.count("Success") == 4, status
 
     runs, client = mlflow_runs(root)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
-from project import IMAGES, by_stage, children, clean_env, free_port, mlflow_runs, new_project, run
+from project import IMAGES, by_stage, children, clean_env, free_port, mlflow_runs, new_project, run, run_queue
 
 from vae.config import load_params
 from vae.pipeline.dvc_yaml import lineage_params, select
@@ -233,11 +233,7 @@ def test_two_queued_experiments_on_two_workers_against_the_server(
     env = env | {"MLFLOW_TRACKING_URI": server.uri}
     root = new_project(tmp_path / "queue", env, experiment="team-queue")
     run(["dvc", "exp", "run", "--queue", "-S", "beta=1,10"], root, env)
-    run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], root, env)):
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    status = run_queue(root, env, jobs=2)  # dvc queue start -j 2
     assert status.count("Success") == 2, status
 
     runs, client = mlflow_runs(server.uri, "team-queue")
