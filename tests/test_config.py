@@ -46,6 +46,7 @@ def with_change(path: str, value):
         ("generate.grid_range", [3, -3], r"generate.grid_range = \[3.0, -3.0\] must be \[low, high\]"),
         ("generate.grid_range", [1], r"generate.grid_range = \[1\] is not a list of 2 numbers"),
         ("mlflow.experiment_name", "", r"mlflow.experiment_name = '' is not a non-empty string"),
+        ("train.device", "gpu", r"train.device = 'gpu' is not allowed: it must be auto, cpu, cuda or cuda:N"),
         (
             "beta_schedule.kind",
             "cosine",

@@ -183,3 +183,23 @@ def test_an_existing_experiment_gets_the_model_training_kind(project: Path) -> N
     assert "mlflow.experimentKind" not in client.get_experiment(made_before).tags
     assert setup_experiment("made-before-the-tag") == made_before
     assert client.get_experiment(made_before).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_created_by_another_process_meanwhile_is_used(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two queued experiments on a server both find no experiment, and both create it: the second must use it."""
+    import mlflow
+
+    from vae.pipeline.tracking import setup_experiment, tracking_uri
+
+    existing = mlflow.MlflowClient(tracking_uri()).create_experiment("created-meanwhile")
+    real_lookup, lookups = mlflow.get_experiment_by_name, []
+
+    def lookup_before_the_other_process_created_it(name: str):
+        lookups.append(name)
+        return None if len(lookups) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup_before_the_other_process_created_it)
+    assert setup_experiment("created-meanwhile") == existing
+    assert len(lookups) == 2

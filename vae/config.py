@@ -9,13 +9,14 @@ it must be >= 1``. Reading the params needs neither torch nor MLflow.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vae.errors import UserError
 
@@ -44,6 +45,12 @@ def _list_as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _device_name(value: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
+        raise ValueError("it must be auto, cpu, cuda or cuda:N")
+    return value
+
+
 Number = Annotated[float, BeforeValidator(_number_from_text), Field(allow_inf_nan=False)]
 Text = Annotated[str, Field(pattern=r"\S")]  # a non-empty string, not only blanks
 
@@ -63,6 +70,7 @@ class TrainParams(_Section):
     batch_size: Annotated[int, Field(ge=1)]
     seed: Annotated[int, Field(ge=0)]
     precision: Literal[PRECISIONS]  # see vae.trainer.resolve_precision
+    device: Annotated[str, AfterValidator(_device_name)]  # auto, cpu, cuda or cuda:N (see vae.utils.get_device)
 
 
 class BetaScheduleParams(_Section):
@@ -193,6 +201,8 @@ def _message(error: dict[str, Any], raw: Any) -> str:
         bound = next(iter(error["ctx"].values()))
         shown = float(value) if _describe(annotation).startswith("a number") else value  # as it was read
         return f"{key} = {shown!r} is out of range: it must be {_RANGES[kind]} {bound}"
+    if kind == "value_error":  # a validator's own rule, e.g. train.device
+        return f"{key} = {value!r} is not allowed: {error['ctx']['error']}"
     if kind == "literal_error":
         return f"{key} = {value!r} is not allowed: it must be {_describe(annotation)}"
     finite = " (must be finite)" if kind == "finite_number" else ""

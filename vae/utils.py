@@ -9,10 +9,51 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from vae.errors import UserError
 
-def get_device() -> torch.device:
-    """CUDA when a GPU is usable, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+class DeviceError(UserError, ValueError):
+    """A device was asked for that this machine does not have; the message names it."""
+
+
+def free_gpu_memory(index: int) -> int:
+    """Free memory of CUDA device ``index`` in bytes.
+
+    From NVML (what nvidia-smi shows) when ``nvidia-ml-py`` is installed, which
+    opens no CUDA context; else from CUDA itself, which opens one on that device.
+    """
+    try:
+        return torch.cuda.get_device_properties(index).total_memory - torch.cuda.device_memory_used(index)
+    except (ImportError, RuntimeError, OSError):
+        return torch.cuda.mem_get_info(index)[0]
+
+
+def get_device(preference: str = "auto") -> torch.device:
+    """The device to compute on.
+
+    ``"auto"``: the CUDA GPU with the most free memory (the lowest index on a
+    tie), so that concurrent runs (``dvc queue start -j N``) spread over a
+    machine's GPUs instead of all landing on ``cuda:0``; the CPU when no GPU is
+    usable. ``CUDA_VISIBLE_DEVICES`` limits the choice as usual. ``"cpu"``,
+    ``"cuda"`` (the first GPU) and ``"cuda:N"`` name a device.
+
+    Raises:
+        DeviceError: a CUDA device was named that this machine does not have.
+    """
+    if preference == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if preference == "auto":
+        if not count:
+            return torch.device("cpu")
+        free = [free_gpu_memory(i) for i in range(count)]
+        return torch.device("cuda", max(range(count), key=lambda i: (free[i], -i)))
+    index = torch.device(preference).index or 0
+    if index >= count:
+        have = f"{count} CUDA device(s) visible" if available else "no usable CUDA GPU"
+        raise DeviceError(f"device {preference!r} is not on this machine ({have}); use auto or cpu")
+    return torch.device("cuda", index)
 
 
 def set_seed(seed: int) -> None:

@@ -272,7 +272,13 @@ def setup_experiment(experiment_name: str) -> str:
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is None:
             location = (project_root() / ARTIFACTS_DIR).as_uri() if own_store else None
-            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location, tags=kind)
+            try:
+                experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location, tags=kind)
+            except mlflow.exceptions.MlflowException as err:
+                # another stage created it since we looked (queued experiments on a server, where no lock is held)
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
         else:
             experiment_id = experiment.experiment_id
             if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:

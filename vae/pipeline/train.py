@@ -48,7 +48,7 @@ from vae.pipeline.tracking import (
 )
 from vae.storage import load_prepared, save_model
 from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
-from vae.utils import get_device, set_seed
+from vae.utils import DeviceError, get_device, set_seed
 
 
 def training_settings(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
@@ -189,7 +189,11 @@ def main() -> None:
     prepared = [paths.PREPARED_TRAIN, paths.PREPARED_TEST]
     train, test = (load_prepared(path) for path in prepared)
     try:
-        train_pipeline(params, train, test, get_device(), prepared)
+        device = get_device(params.train.device)
+    except DeviceError as err:
+        raise ParamsError(f"{paths.PARAMS}: train.device: {err}") from None
+    try:
+        train_pipeline(params, train, test, device, prepared)
     except KeyboardInterrupt:
         print(
             f"\ntrain: interrupted; every finished epoch is saved in {STATE_FILE}. "
