@@ -16,15 +16,14 @@ from collections.abc import Sequence
 
 from vae.config import load_params
 from vae.pipeline import paths
-from vae.pipeline.registry import ALIAS, DEFAULT_METRIC, DIRECTIONS, RegistryError, format_promotion, promote
+from vae.pipeline.registry import ALIAS, DEFAULT_METRIC, RegistryError, format_promotion, promote, ranking_metrics
 from vae.pipeline.runner import run_stage
 from vae.pipeline.tracking import check_tracking_store
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vae.promote", description=__doc__.split("\n")[0].strip("`: "))
-    metrics = ", ".join(f"{m} ({better} is better)" for m, better in DIRECTIONS.items())
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"what to rank by: {metrics}")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"what to rank by: {ranking_metrics()}")
     parser.add_argument("--name", help="the registered model (default: mlflow.registered_model in params.yaml)")
     parser.add_argument("--alias", default=ALIAS, help=f"the alias to move (default: {ALIAS})")
     return parser.parse_args(argv)

@@ -7,6 +7,7 @@ read with ``torch.load(weights_only=True)``, which never unpickles code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,19 @@ from vae.model import IMAGE_SIZE, VAE
 
 class CheckpointError(UserError, ValueError):
     """A model file that cannot be used; the message names the file."""
+
+
+def update_digest(digest: Any, path: Path | str) -> Any:
+    """Feed the bytes of ``path`` to a hashlib ``digest``, 1 MiB at a time; returns the digest."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def file_md5(path: Path | str) -> str:
+    """MD5 of a file's bytes, as hex: the name DVC gives the file in its cache."""
+    return update_digest(hashlib.md5(), path).hexdigest()
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:

@@ -48,6 +48,11 @@ DIRECTIONS = {
 DEFAULT_METRIC = "eval_iw_log_likelihood"
 
 
+def ranking_metrics() -> str:
+    """The metrics promotion ranks by, with their directions, in words."""
+    return ", ".join(f"{metric} ({better} is better)" for metric, better in DIRECTIONS.items())
+
+
 class RegistryError(UserError, LookupError):
     """The registry holds nothing promotion can use; the message names the model, metric or alias."""
 
@@ -207,8 +212,7 @@ def rank(found: list[Candidate], metric: str) -> list[Candidate]:
             f"no registered version has metric {metric!r}; their evaluate runs have: {', '.join(present) or 'none'}"
         )
     if metric not in DIRECTIONS:
-        choices = ", ".join(f"{key} ({better} is better)" for key, better in DIRECTIONS.items())
-        raise RegistryError(f"{metric} depends on beta or has no better direction; rank by one of: {choices}")
+        raise RegistryError(f"{metric} depends on beta or has no better direction; rank by one of: {ranking_metrics()}")
     sign = -1.0 if DIRECTIONS[metric] == "higher" else 1.0
 
     def key(c: Candidate) -> tuple[bool, float, int]:

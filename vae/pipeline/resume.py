@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vae.storage import atomic_torch_save, remove_stale_temporaries
+from vae.storage import atomic_torch_save, remove_stale_temporaries, update_digest
 
 STATE_FILE = Path("checkpoints") / "train_state.pt"
 
@@ -64,9 +64,7 @@ def fingerprint(settings: dict[str, Any], files: list[Path]) -> str:
     """A digest of the settings and the bytes of ``files``: equal digests mean the same training run."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in files:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        update_digest(digest, path)
     return digest.hexdigest()
 
 

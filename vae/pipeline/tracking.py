@@ -25,7 +25,6 @@ datasets (:func:`log_dataset`).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vae.data import FashionMNISTSplit
 from vae.errors import UserError
-from vae.storage import atomic_write
+from vae.storage import atomic_write, file_md5
 
 if TYPE_CHECKING:
     import mlflow
@@ -117,7 +116,7 @@ def check_tracking_store(uri: str | None = None, timeout: float = 5.0) -> str:
     uri = uri or tracking_uri()
     source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default store"
     scheme = urlsplit(uri).scheme
-    if scheme in ("http", "https"):
+    if is_server(uri):
         _check_server(uri, source, timeout)
     elif scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
@@ -305,15 +304,6 @@ def ui_link(experiment_id: str, run_id: str | None = None, uri: str | None = Non
     return f"{base}/#/{page}?workflowType=machine_learning"
 
 
-def file_digest(path: Path) -> str:
-    """MD5 of a file's bytes, as hex: the name DVC gives the file in its cache."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
     """Record in the active run that it read the prepared ``split`` from ``path``, as ``context``.
 
@@ -332,7 +322,7 @@ def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
             targets=split.labels.numpy(),
             source=str(path.resolve()),
             name=f"fashion-mnist-{path.stem}",
-            digest=file_digest(path),
+            digest=file_md5(path),
         )
     mlflow.log_input(dataset, context=context)
 

@@ -35,7 +35,6 @@ from vae.pipeline.resume import (
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.pipeline.tracking import (
     check_tracking_store,
-    file_digest,
     is_server,
     log_dataset,
     lost_server_reported,
@@ -46,7 +45,7 @@ from vae.pipeline.tracking import (
     ui_link,
     write_run_id,
 )
-from vae.storage import load_prepared, save_model
+from vae.storage import file_md5, load_prepared, save_model
 from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
 from vae.utils import DeviceError, get_device, set_seed
 
@@ -108,6 +107,7 @@ def train_pipeline(
 
     setup_experiment(params.mlflow.experiment_name)
     name = None if run_id else run_name("train", params.beta, params.latent_dim)
+    tags = run_tags(device, "train")
     kept = f"every finished epoch is saved in {state_file}: start the server again and run `dvc repro` to resume"
     with (
         lost_server_reported(kept),
@@ -117,10 +117,7 @@ def train_pipeline(
             # the params of train and of the stages feeding it: not evaluate's or generate's, which
             # later executions may change without retraining (each logs them in a run of its own)
             mlflow.log_params(select(params.flat(), lineage_params("train")))
-            mlflow.set_tags(
-                run_tags(device, "train")
-                | {"train_images": len(train), "test_images": len(test), "precision": precision}
-            )
+            mlflow.set_tags(tags | {"train_images": len(train), "test_images": len(test), "precision": precision})
             # training fits the train split and reports per-epoch losses on the test split
             log_dataset(train, prepared_files[0], "training")
             log_dataset(test, prepared_files[1], "testing")
@@ -164,7 +161,7 @@ def train_pipeline(
         write_history_csv(
             history | {"beta": [params.beta_at(e) for e in range(1, params.epochs + 1)]}, paths.TRAIN_HISTORY
         )
-        provenance = {k: v for k, v in run_tags(device, "train").items() if k in ("git_commit", "dvc_exp_name")}
+        provenance = {k: v for k, v in tags.items() if k in ("git_commit", "dvc_exp_name")}
         log_models(
             model,
             paths.MODEL,
@@ -173,7 +170,7 @@ def train_pipeline(
                 "beta": f"{params.beta:g}",
                 "latent_dim": str(params.latent_dim),
                 "training_run_id": run.info.run_id,
-                "checkpoint_md5": file_digest(paths.MODEL),  # the DVC artifact's hash in dvc.lock
+                "checkpoint_md5": file_md5(paths.MODEL),  # the DVC artifact's hash in dvc.lock
             }
             | provenance,
         )
