@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -113,3 +114,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_healthy(uri: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Wait until the MLflow server at ``uri`` answers ``/health``; fail with its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                if response.read() == b"OK":
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, f"the tracking server exited: {log.read_text()[-3000:]}"
+        silent = f"the tracking server did not answer in {timeout} s: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, silent
+        time.sleep(0.5)

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from vae.errors import UserError
 from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
 from vae.pipeline.registry import Candidate, rank
+from vae.pipeline.sweep import check_reachable
+from vae.pipeline.sweep_spec import load_sweep
 from vae.pipeline.tracking import check_database, check_tracking_store, read_run_id
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
@@ -155,6 +158,16 @@ def _raise(error: Exception) -> Callable[[Path], None]:
     return reproduce
 
 
+def _sweep(spec: dict) -> Callable[[Path], None]:
+    def reproduce(tmp: Path) -> None:
+        for name in ("params.yaml", "dvc.yaml"):
+            shutil.copy(REPO / name, tmp / name)
+        (tmp / "s.yaml").write_text(yaml.safe_dump(spec))
+        load_sweep(Path("s.yaml"))
+
+    return reproduce
+
+
 REPRODUCE: dict[str, Callable] = {
     "`epochs: ten`": lambda tmp: _params_with(tmp, _set("epochs", "ten")),
     "`beta: high`": lambda tmp: _params_with(tmp, _set("beta", "high")),
@@ -183,6 +196,11 @@ REPRODUCE: dict[str, Callable] = {
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
     "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
     "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),
+    "sweep: typo `trian.lr` in `space`": _sweep({"space": {"trian.lr": [0.01]}}),
+    "sweep: `train.lr: [0.001, -1]`": _sweep({"space": {"train.lr": [0.001, -1]}}),
+    "sweep: empty `space`": _sweep({"space": {}}),
+    "sweep: `metric: eval_fid`": _sweep({"space": {"beta": [100]}, "metric": "eval_fid"}),
+    "unreachable `RAY_ADDRESS`": lambda tmp: check_reachable("127.0.0.1:1"),
 }
 
 
@@ -263,7 +281,7 @@ def check_command(words: list[str]) -> None:
             assert (REPO / script).is_file(), f"no script {script}"
             listed = help_text(sys.executable, str(REPO / script))
             assert all(flag in listed for flag in flags), f"{script}: {flags} not all in its --help"
-    elif program in ("dvc", "mlflow"):
+    elif program in ("dvc", "mlflow", "ray"):
         sub = [w for w in args[: next((i for i, w in enumerate(args) if not w.isalpha()), len(args))]]
         listed = help_text(program, *sub)
         for flag in flags:
@@ -279,7 +297,9 @@ def test_fenced_commands_name_what_exists() -> None:
     assert any(words[:3] == ["dvc", "exp", "run"] for _, words in commands)  # it finds the pages' commands
     checked = 0
     for page, words in commands:
-        if words[0] in ("python", "python3", "dvc", "mlflow"):
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VARIABLE=value before the program
+            words = words[1:]
+        if words and words[0] in ("python", "python3", "dvc", "mlflow", "ray"):
             try:
                 check_command(words)
             except AssertionError as err:

@@ -69,6 +69,7 @@ def test_the_same_checkpoint_gives_the_same_sampled_metrics_twice(project: Path)
     torch.randn(1000)  # whatever drew from the global generator in between
     second, _ = evaluate.evaluate_model(model, classifier, train, test, params, torch.device("cpu"))
     assert first == second
+    assert tuple(first) == evaluate.METRIC_NAMES  # what a sweep may optimise
     other_seed = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"seed": 1})})
     third, _ = evaluate.evaluate_model(model, classifier, train, test, other_seed, torch.device("cpu"))
     assert third["classifier_frechet_distance"] != first["classifier_frechet_distance"]  # the seed does count

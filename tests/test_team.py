@@ -26,7 +26,18 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
-from project import IMAGES, by_stage, children, clean_env, free_port, mlflow_runs, new_project, run, run_queue
+from project import (
+    IMAGES,
+    by_stage,
+    children,
+    clean_env,
+    free_port,
+    mlflow_runs,
+    new_project,
+    run,
+    run_queue,
+    wait_until_healthy,
+)
 
 from vae.config import load_params
 from vae.pipeline.dvc_yaml import lineage_params, select
@@ -57,17 +68,7 @@ class TrackingServer:
     def start(self, timeout: float = 180) -> None:
         log = open(self.data_dir.parent / "server.log", "a")  # noqa: SIM115 (the process holds it)
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as response:
-                    if response.read() == b"OK":
-                        return
-            except OSError:
-                pass
-            assert self.process.poll() is None, f"the tracking server exited: {self.log_tail()}"
-            assert time.monotonic() < deadline, f"the tracking server did not answer in {timeout} s: {self.log_tail()}"
-            time.sleep(0.5)
+        wait_until_healthy(self.uri, self.process, self.data_dir.parent / "server.log", timeout)
 
     def log_tail(self) -> str:
         return (self.data_dir.parent / "server.log").read_text()[-3000:]

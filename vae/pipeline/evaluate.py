@@ -26,6 +26,20 @@ from vae.storage import load_model, load_prepared
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 
+# what evaluate_model returns; MLflow shows each as eval_<name>
+METRIC_NAMES = (
+    "test_loss",
+    "test_reconstruction_loss",
+    "test_kl_loss",
+    "nelbo",
+    "nelbo_reconstruction",
+    "nelbo_kl",
+    "iw_log_likelihood",
+    "active_units",
+    "knn_accuracy",
+    "classifier_frechet_distance",
+)
+
 
 def evaluate_model(
     model: VAE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,79 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: C
             mlflow.log_metrics(epoch_metrics | {"beta": beta_at(index + 1)}, step=index + 1)
 
 
+@dataclass
+class Training:
+    """One training run's model, optimizer, batches and arithmetic: built by :func:`start_training`
+    for the train stage and for every sweep trial alike, so both give the same numbers."""
+
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    train_batches: TensorBatches
+    test_batches: TensorBatches
+    precision: str  # "fp32" or "bf16", as train.precision resolves on the device
+
+    def state(self, run_fingerprint: str, epoch: int, history: dict[str, list[float]], run_id: str) -> TrainState:
+        """Everything needed to continue after ``epoch`` (see :mod:`vae.pipeline.resume`)."""
+        rng = rng_state(self.train_batches.generator)
+        return TrainState(
+            run_fingerprint, epoch, self.model.state_dict(), self.optimizer.state_dict(), rng, history, run_id
+        )
+
+    def restore(self, state: TrainState) -> None:
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        restore_rng(state.rng, self.train_batches.generator)
+
+    def run(
+        self,
+        params: Params,
+        device: torch.device,
+        start_epoch: int,
+        history: dict[str, list[float]],
+        on_epoch_end: Callable[[int, dict[str, float]], None],
+    ) -> dict[str, list[float]]:
+        """Train epochs ``start_epoch`` to ``params.epochs``, reporting the test losses after each."""
+        return train_vae_model(
+            self.model,
+            self.train_batches,
+            self.optimizer,
+            device,
+            epochs=params.epochs,
+            beta=params.beta_at,
+            val_loader=self.test_batches,
+            val_prefix="test_",
+            progress=None,
+            start_epoch=start_epoch,
+            history=history,
+            on_epoch_end=on_epoch_end,
+            precision=self.precision,
+        )
+
+
+def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTSplit, device: torch.device) -> Training:
+    """A fresh model, optimizer and batches for ``params``, seeded with train.seed.
+
+    Raises:
+        ParamsError: train.batch_size is larger than the training set.
+    """
+    if params.train.batch_size > len(train):
+        raise ParamsError(
+            f"{paths.PARAMS}: train.batch_size = {params.train.batch_size} is larger than the "
+            f"{len(train)} training images (lower it or raise data.train_limit)"
+        )
+    set_seed(params.train.seed)
+    precision = resolve_precision(params.train.precision, device)
+    model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
+    fast_cpu.enable(model)  # on the CPU, faster convolutions with the same weights (a no-op on CUDA)
+    return Training(
+        model,
+        make_optimizer(model, params.train.lr),
+        TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device),
+        TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device),
+        precision,
+    )
+
+
 def train_pipeline(
     params: Params,
     train: FashionMNISTSplit,
@@ -80,19 +154,9 @@ def train_pipeline(
 
     A checkpoint is written atomically after every epoch; see :mod:`vae.pipeline.resume`.
     """
-    if params.train.batch_size > len(train):
-        raise ParamsError(
-            f"{paths.PARAMS}: train.batch_size = {params.train.batch_size} is larger than the "
-            f"{len(train)} training images (lower it or raise data.train_limit)"
-        )
     check_tracking_store()  # before any work: an unreachable server fails in seconds
-    set_seed(params.train.seed)
-    precision = resolve_precision(params.train.precision, device)
-    model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
-    fast_cpu.enable(model)  # on the CPU, faster convolutions with the same weights (a no-op on CUDA)
-    optimizer = make_optimizer(model, params.train.lr)
-    train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
-    test_batches = TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device)
+    training = start_training(params, train, test, device)
+    model, precision = training.model, training.precision
 
     run_fingerprint = fingerprint(training_settings(params), prepared_files)
     state, note = load_state(run_fingerprint, state_file)
@@ -100,9 +164,7 @@ def train_pipeline(
     history: dict[str, list[float]] = {}
     start_epoch, run_id = 1, None
     if state is not None:
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        restore_rng(state.rng, train_batches.generator)
+        training.restore(state)
         history, start_epoch, run_id = state.history, state.epoch + 1, state.run_id
 
     setup_experiment(params.mlflow.experiment_name)
@@ -127,35 +189,10 @@ def train_pipeline(
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             with interrupts_deferred():
-                save_state(
-                    TrainState(
-                        run_fingerprint,
-                        epoch,
-                        model.state_dict(),
-                        optimizer.state_dict(),
-                        rng_state(train_batches.generator),
-                        history,
-                        run.info.run_id,
-                    ),
-                    state_file,
-                )
+                save_state(training.state(run_fingerprint, epoch, history, run.info.run_id), state_file)
                 mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
 
-        train_vae_model(
-            model,
-            train_batches,
-            optimizer,
-            device,
-            epochs=params.epochs,
-            beta=params.beta_at,
-            val_loader=test_batches,
-            val_prefix="test_",
-            progress=None,
-            start_epoch=start_epoch,
-            history=history,
-            on_epoch_end=end_of_epoch,
-            precision=precision,
-        )
+        training.run(params, device, start_epoch, history, end_of_epoch)
         save_model(model, paths.MODEL)
         write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
         write_history_csv(

@@ -1,0 +1,288 @@
+"""Sweeps on Ray Tune (python -m vae.sweep): real Ray clusters, a real MLflow server, the real DVC pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from project import EXPERIMENT, clean_env, free_port, mlflow_runs, new_project, run, wait_until_healthy
+
+from vae import sweep as sweep_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+GRID = {"space": {"beta": [100, 500], "latent_dim": [2, 4]}, "epochs": 2}
+
+
+def write_sweep(root: Path, name: str, spec: dict) -> Path:
+    path = root / "sweeps" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# --- bad input: one line before any trial ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"space": {"beta": [100], "trian.lr": [0.1]}}, "space: trian.lr is not a params.yaml key"),
+        ({"space": {"data.train_limit": [100]}}, "space: data.train_limit is not a key a sweep can change"),
+        ({"space": {"train.lr": [0.001, -1]}}, "space: train.lr = -1.0 is out of range: it must be > 0"),
+        ({"space": {"latent_dim": [2, 2.5]}}, "space: latent_dim = 2.5 is not an integer"),
+        ({"space": {}}, "space is empty"),
+        ({"space": {"beta": []}}, "beta lists no values"),
+        ({"space": {"beta": [100]}, "metric": "eval_fid"}, "metric eval_fid is not one the evaluate stage logs"),
+        ({"space": {"beta": [100]}, "metric": "eval_active_units"}, "has no known direction"),
+        ({"space": {"train.lr": {"loguniform": [0.1, 0.01]}}, "search": "random"}, "low < high"),
+        ({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}, "which a grid cannot enumerate"),
+        ({"space": {"beta": [100]}, "resources": {"gpu": 1.5}}, "resources.gpu"),
+        ({"space": {"beta": [100]}, "shedular": "asha"}, "unknown key shedular"),
+    ],
+)
+def test_a_bad_sweep_is_one_line_naming_the_culprit(
+    spec: dict, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the project's params.yaml and dvc.yaml
+    path = write_sweep(tmp_path, "bad", spec)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main([str(path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sweep: error: {path}: "), err
+    assert expected in err
+
+
+def test_an_unreachable_ray_address_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(SystemExit):
+        sweep_cli.main([str(write_sweep(tmp_path, "grid", GRID))])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RAY_ADDRESS=127.0.0.1:" in err and "cannot reach a Ray cluster" in err, err
+    assert time.monotonic() - started < 30
+
+
+def test_the_reproduce_command_spells_values_dvc_reads_back() -> None:
+    from vae.pipeline.sweep_spec import load_sweep
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "beta_latent.yaml")
+    params_file = {"epochs": 10, "beta": 500}
+    command = sweep.reproduce_command({"beta": 100, "train.lr": 3e-05}, params_file, "beta-latent-best")
+    assert command == "dvc exp run -S beta=100 -S train.lr=3e-05 -S epochs=5 -n beta-latent-best"
+
+
+# --- real sweeps ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A tiny DVC project whose prepare and classifier stages ran (what a sweep needs)."""
+    root = tmp_path_factory.mktemp("sweep") / "project"
+    root.mkdir()
+    env = clean_env(root.parent / "idx")
+    if not Path(env["FASHION_MNIST_DIR"]).exists():
+        from conftest import write_fashion_mnist
+
+        write_fashion_mnist(Path(env["FASHION_MNIST_DIR"]), n_train=400, n_test=200)
+    new_project(root, env, train_limit=400)
+    run(["dvc", "repro", "classifier"], root, env)
+    return root, env
+
+
+class MlflowServer:
+    """``mlflow server`` on a SQLite file: the shared tracking store every Ray node can reach."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder)]
+        self.log = folder / "server.log"
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        wait_until_healthy(self.uri, self.process, self.log, timeout=120)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    started = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[object]:
+    """Two Ray nodes on this machine, one CPU each: a head and a worker."""
+    from ray.cluster_utils import Cluster
+
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    two_nodes.add_node(num_cpus=1)
+    two_nodes.wait_for_nodes()
+    yield two_nodes
+    two_nodes.shutdown()
+
+
+def sweep_command(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vae.sweep", str(path), *extra]
+
+
+def parent_run_id(output: str) -> str:
+    return re.search(r"MLflow parent run (\w+)", output).group(1)
+
+
+def trial_runs(uri: str, parent: str) -> list:
+    runs, _ = mlflow_runs(uri, EXPERIMENT)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+@pytest.mark.slow
+def test_two_nodes_and_a_sqlite_store_is_one_line(project, cluster) -> None:
+    root, env = project
+    path = write_sweep(root, "grid", GRID)
+    result = subprocess.run(
+        sweep_command(path, "--address", cluster.address), cwd=root, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("sweep: error: the Ray cluster has 2 nodes but the MLflow")
+    assert "sqlite:///" in result.stderr and "python -m vae.tracking_server" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_grid_on_two_nodes_runs_every_trial_once_in_mlflow(project, server, cluster) -> None:
+    root, env = project
+    env = env | {"MLFLOW_TRACKING_URI": server.uri}
+    path = write_sweep(root, "grid", GRID)
+    output = run(sweep_command(path, "--address", cluster.address), root, env, timeout=600)
+
+    parent = parent_run_id(output)
+    trials = trial_runs(server.uri, parent)
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    assert {(float(r.data.params["beta"]), int(r.data.params["latent_dim"])) for r in trials} == {
+        (b, d) for b in (100.0, 500.0) for d in (2, 4)
+    }
+    assert len({r.data.tags["ray_node_id"] for r in trials}) == 2  # both nodes ran trials
+    for r in trials:
+        assert r.data.metrics["eval_iw_log_likelihood"] < 0 and "test_nelbo" in r.data.metrics
+        history = mlflow_runs(server.uri)[1].get_metric_history(r.info.run_id, "loss")
+        assert sorted(m.step for m in history) == [1, 2]  # every epoch, once
+    best = max(trials, key=lambda r: r.data.metrics["eval_iw_log_likelihood"])
+    table = output[output.index("4 trials by eval_iw_log_likelihood") :].splitlines()
+    first = table[2].split()
+    assert [float(first[0]), int(first[1])] == [float(best.data.params["beta"]), int(best.data.params["latent_dim"])]
+    assert float(first[3]) == pytest.approx(best.data.metrics["eval_iw_log_likelihood"], abs=1e-4)
+    exp_name = f"grid-best-{parent[:6]}"
+    beta = best.data.params["beta"].removesuffix(".0")
+    command = f"dvc exp run -S beta={beta} -S latent_dim={best.data.params['latent_dim']} -S epochs=2 -n {exp_name}"
+    assert command in output  # epochs: the sweep's budget, not params.yaml's 1
+
+
+@pytest.mark.slow
+def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server, cluster) -> None:
+    root, env = project
+    env = env | {"MLFLOW_TRACKING_URI": server.uri}
+    spec = GRID | {"epochs": 8, "max_failures": 3}  # epochs enough to remove the node mid-trial
+    path = write_sweep(root, "lost", spec)
+    worker = next(iter(cluster.worker_nodes))
+    sweep = subprocess.Popen(
+        sweep_command(path, "--address", cluster.address),
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(sweep.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while True:  # until a trial on the worker node has finished an epoch (and saved its checkpoint)
+        assert sweep.poll() is None, "".join(output)[-3000:]
+        assert time.monotonic() < deadline, "no trial ran on the worker node"
+        parent = re.search(r"MLflow parent run (\w+)", "".join(output))
+        on_worker = [
+            r
+            for r in (trial_runs(server.uri, parent.group(1)) if parent else [])
+            if r.data.tags.get("ray_node_id") == worker.node_id and "loss" in r.data.metrics
+        ]
+        if on_worker:
+            break
+        time.sleep(0.5)
+    cluster.remove_node(worker)
+    assert sweep.wait(timeout=600) == 0, "".join(output)[-5000:]
+    reader.join(timeout=10)
+
+    trials = trial_runs(server.uri, parent.group(1))
+    assert len(trials) == 4, [r.data.tags.get("ray_trial_id") for r in trials]
+    assert len({r.data.tags["ray_trial_id"] for r in trials}) == 4
+    assert all(r.info.status == "FINISHED" and "eval_iw_log_likelihood" in r.data.metrics for r in trials)
+    moved = [r for r in trials if r.info.run_id == on_worker[0].info.run_id][0]
+    assert moved.data.tags["ray_node_id"] != worker.node_id  # it finished on the head
+    assert "resumed_after_epoch" in moved.data.tags
+    steps = sorted(m.step for m in mlflow_runs(server.uri)[1].get_metric_history(moved.info.run_id, "loss"))
+    assert steps == list(range(1, 9))  # each epoch once, though two nodes ran it
+
+
+@pytest.mark.slow
+def test_a_trial_equals_the_dvc_stages_and_a_failing_trial_is_recorded(project) -> None:
+    """Local Ray: one good and one diverging trial; --run-best reproduces the good one with `dvc exp run`."""
+    root, env = project
+    path = write_sweep(root, "lr", {"space": {"train.lr": [0.002, 1.0e6]}, "epochs": 2, "max_failures": 1})
+    run(["git", "add", "sweeps"], root, env)
+    run(["git", "commit", "-qm", "a sweep"], root, env)
+    output = run(sweep_command(path, "--run-best"), root, env, timeout=900)
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    trials = trial_runs(uri, parent_run_id(output))
+    assert len(trials) == 2
+    good = next(r for r in trials if r.data.params["train.lr"] == "0.002")
+    bad = next(r for r in trials if r.data.params["train.lr"] != "0.002")
+    assert good.info.status == "FINISHED"
+    assert bad.info.status == "FAILED" and "training loss became non-finite" in bad.data.tags["failure_reason"]
+    assert "failed: training loss became non-finite" in output
+
+    # --run-best ran `dvc exp run -S train.lr=0.002 -S epochs=2 -n lr-best-…`: the same numbers
+    assert "-S train.lr=0.002 -S epochs=2 -n lr-best-" in output
+    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    for name, value in evaluation.items():
+        assert good.data.metrics[f"eval_{name}"] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    trained = json.loads((root / "metrics" / "train.json").read_text())
+    for name, value in trained.items():
+        assert good.data.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name  # 1 thread in Ray, 2 in DVC
+    assert "lr-best-" in run(["dvc", "exp", "list", "--name-only"], root, env)
+
+
+@pytest.mark.slow
+def test_optuna_with_asha_leaves_no_run_running(project) -> None:
+    root, env = project
+    spec = {
+        "search": "optuna",
+        "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "latent_dim": [2, 4]},
+        "num_samples": 4,
+        "epochs": 4,
+        "scheduler": "asha",
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+    }
+    output = run(sweep_command(write_sweep(root, "tpe", spec)), root, env, timeout=600)
+    trials = trial_runs(f"sqlite:///{root / 'mlflow.db'}", parent_run_id(output))
+    assert len(trials) == 4
+    for r in trials:
+        if r.info.status == "KILLED":
+            assert r.data.tags["stopped_early"].startswith("stopped by ASHA after epoch")
+        else:
+            assert r.info.status == "FINISHED" and "eval_iw_log_likelihood" in r.data.metrics
+    assert any(r.info.status == "FINISHED" for r in trials)
+    assert len({r.data.params["train.lr"] for r in trials}) == 4  # TPE sampled the range

@@ -1,0 +1,243 @@
+"""A sweep file (``sweeps/*.yaml``) read and checked against params.yaml before any trial starts.
+
+A sweep names a search space over params.yaml keys, in dotted form (``beta``,
+``train.lr``). Each key holds a list of values (a grid, or the choices of a
+random or Optuna search) or one range for random and Optuna search:
+``{uniform: [low, high]}``, ``{loguniform: [low, high]}`` or
+``{randint: [low, high]}`` (integers, both ends included). Every value, and both
+ends of every range, is validated by :func:`vae.config.parse_params` on top of
+params.yaml, so a sweep can only ask for what ``dvc exp run -S`` would accept.
+Reading a sweep needs neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vae.config import Params, ParamsError, parse_params
+from vae.errors import UserError
+from vae.pipeline import paths
+from vae.pipeline.dvc_yaml import stage_params
+from vae.pipeline.evaluate import METRIC_NAMES
+from vae.pipeline.registry import DIRECTIONS
+
+EVALUATION_PREFIX = "eval_"  # the evaluate stage's metrics, as MLflow shows them
+# β-independent and known every epoch: −ELBO on the test set (nats per image), what ASHA compares trials by
+EPOCH_METRIC = "test_nelbo"
+RANGES = ("uniform", "loguniform", "randint")
+
+
+class SweepError(UserError, ValueError):
+    """A sweep file asks for something the pipeline cannot do; the message names the file, key and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Asha(_Strict):
+    """ASHA (asynchronous successive halving): at epochs grace_period·rfᵏ it stops the trials whose
+    test −ELBO is outside the best 1/reduction_factor of those that got that far."""
+
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class Resources(_Strict):
+    """What each trial reserves: Ray runs as many at once as the cluster's CPUs and GPUs allow."""
+
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0  # a fraction shares a GPU: 0.25 runs four trials on one
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("a trial can share one GPU (a fraction) or take whole GPUs, not a mix")
+        return gpu
+
+
+class SweepSpec(_Strict):
+    """A sweep file, as written (the space is checked further by :func:`load_sweep`)."""
+
+    space: dict[str, Any]
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: Annotated[int, Field(ge=1)] = 1  # grid: repeats of the whole grid; random, optuna: trials
+    metric: str = EVALUATION_PREFIX + "iw_log_likelihood"
+    mode: Literal["max", "min"] | None = None  # default: the metric's known direction
+    epochs: Annotated[int, Field(ge=1)] | None = None  # every trial's epochs (default: params.yaml's)
+    scheduler: Literal["none", "asha"] = "none"
+    asha: Asha = Asha()
+    resources: Resources = Resources()
+    max_failures: Annotated[int, Field(ge=0)] = 2  # retries of a trial whose worker died (from its last epoch)
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None  # trials at once (default: as resources allow)
+
+
+class Sweep:
+    """A checked sweep: the spec, the base params (params.yaml with the epoch budget) and the space."""
+
+    def __init__(self, path: Path, spec: SweepSpec, base: dict[str, Any], mode: str) -> None:
+        self.path, self.spec, self.base, self.mode = path, spec, base, mode
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.spec.space)
+
+    def params(self, overrides: dict[str, Any]) -> Params:
+        """The validated params of a trial: params.yaml, the epoch budget, then ``overrides``."""
+        return parse_params(apply_overrides(self.base, overrides))
+
+    def reproduce_command(self, overrides: dict[str, Any], params_file: dict[str, Any], exp_name: str) -> str:
+        """``dvc exp run -S … -n …``: the trial as a versioned DVC experiment, the same params and numbers."""
+        flat_file = _flatten(params_file)
+        settings = dict(overrides)
+        if self.base["epochs"] != flat_file["epochs"] and "epochs" not in settings:
+            settings["epochs"] = self.base["epochs"]  # the sweep's epoch budget
+        shown = " ".join(f"-S {shlex.quote(f'{key}={format_value(value)}')}" for key, value in settings.items())
+        return f"dvc exp run {shown} -n {exp_name}"
+
+
+def format_value(value: Any) -> str:
+    """A value as ``-S key=value`` must spell it for DVC (Hydra's override grammar) to read it back."""
+    if isinstance(value, float):
+        return repr(value)  # the shortest spelling that reads back as the same float
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw params mapping with dotted ``overrides`` set (``{"train.lr": 0.01}``)."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (merged[section] if section else merged)[name] = value
+    return merged
+
+
+def sweepable_keys(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> list[str]:
+    """The params.yaml keys a trial can change: those the train and evaluate stages read, but mlflow.*.
+
+    data.* shapes the prepared data and classifier.* the feature network, which a sweep
+    reuses as they are; mlflow.* says where results go, not what they are.
+    """
+    declared = [*stage_params("train", dvc_yaml), *stage_params("evaluate", dvc_yaml)]
+    return [
+        key
+        for key in params.flat()
+        if not key.startswith("mlflow.") and any(key == entry or key.startswith(entry + ".") for entry in declared)
+    ]
+
+
+def metric_names() -> list[str]:
+    return [EVALUATION_PREFIX + name for name in METRIC_NAMES]
+
+
+def _candidates(where: str, key: str, entry: Any, search: str) -> list[Any]:
+    """The values of one space entry that must be valid params: every listed value, or both range ends."""
+    if isinstance(entry, list):
+        if not entry:
+            raise SweepError(f"{where}: {key} lists no values")
+        return entry
+    if isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in RANGES:
+        kind, bounds = next(iter(entry.items()))
+        if search == "grid":
+            raise SweepError(f"{where}: {key} is a {kind} range, which a grid cannot enumerate (list values instead)")
+        bounds = [float(b) if isinstance(b, str) else b for b in bounds] if isinstance(bounds, list) else bounds
+        if (
+            not isinstance(bounds, list)
+            or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not bounds[0] < bounds[1]
+        ):
+            raise SweepError(f"{where}: {key}: {kind} takes [low, high] with low < high, got {bounds!r}")
+        if kind == "randint" and not all(isinstance(b, int) for b in bounds):
+            raise SweepError(f"{where}: {key}: randint takes two integers, got {bounds!r}")
+        if kind == "loguniform" and bounds[0] <= 0:
+            raise SweepError(f"{where}: {key}: loguniform needs low > 0, got {bounds!r}")
+        return bounds
+    raise SweepError(
+        f"{where}: {key} = {entry!r} is neither a list of values nor one of "
+        + ", ".join(f"{{{kind}: [low, high]}}" for kind in RANGES)
+    )
+
+
+def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Sweep:
+    """Read ``path`` and check it against ``params_path``; every problem is one :class:`SweepError` line.
+
+    Checked: the file's own keys and types, that the space is not empty, that each
+    key is a params.yaml key a trial can change, that each value (each range end)
+    is a valid value of that key, and that the metric is one the evaluate stage logs.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SweepError(f"{path}: cannot read the sweep file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with at least a `space:` key")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise SweepError(f"{path}: unknown key {where} (allowed: {', '.join(SweepSpec.model_fields)})") from None
+        raise SweepError(f"{path}: {where}: {first['msg']} (got {first.get('input')!r})") from None
+    if not spec.space:
+        raise SweepError(f"{path}: space is empty: name at least one params.yaml key and its values")
+
+    if spec.metric not in metric_names():
+        raise SweepError(
+            f"{path}: metric {spec.metric} is not one the evaluate stage logs (one of: {', '.join(metric_names())})"
+        )
+    mode = spec.mode or {"higher": "max", "lower": "min"}.get(DIRECTIONS.get(spec.metric, ""))
+    if mode is None:
+        raise SweepError(f"{path}: metric {spec.metric} has no known direction: add `mode: max` or `mode: min`")
+
+    base = _load_base(params_path)
+    allowed = sweepable_keys(parse_params(base))
+    if spec.epochs is not None:
+        base["epochs"] = spec.epochs
+    for key, entry in spec.space.items():
+        where = f"{path}: space"
+        if key not in allowed:
+            known = key in _flatten(base)
+            why = "is not a key a sweep can change" if known else "is not a params.yaml key"
+            raise SweepError(f"{where}: {key} {why} (sweepable: {', '.join(allowed)})")
+        for value in _candidates(where, key, entry, spec.search):
+            try:
+                parse_params(apply_overrides(base, {key: value}))
+            except ParamsError as err:
+                raise SweepError(f"{where}: {err}") from None
+    return Sweep(path, spec, base, mode)
+
+
+def _load_base(params_path: Path | str) -> dict[str, Any]:
+    """params.yaml as a raw mapping, valid (the trials' overrides apply to it)."""
+    from vae.config import load_params
+
+    load_params(params_path)  # a broken params.yaml is reported as such, with its own line
+    return yaml.safe_load(Path(params_path).read_text())
