@@ -45,6 +45,8 @@ def with_change(path: str, value):
         ("data.train_limit", 0, r"data.train_limit = 0 is out of range"),
         ("generate.grid_range", [3, -3], r"generate.grid_range = \[3.0, -3.0\] must be \[low, high\]"),
         ("generate.grid_range", [1], r"generate.grid_range = \[1\] is not a list of 2 numbers"),
+        ("generate.explorer_range", [2, 2], r"generate.explorer_range = \[2.0, 2.0\] must be \[low, high\]"),
+        ("generate.explorer_resolution", 500, r"generate.explorer_resolution = 500 is out of range: it must be <= 100"),
         ("mlflow.experiment_name", "", r"mlflow.experiment_name = '' is not a non-empty string"),
         ("train.device", "gpu", r"train.device = 'gpu' is not allowed: it must be auto, cpu, cuda or cuda:N"),
         (

@@ -38,6 +38,7 @@ OUTPUTS = [
     "outputs/generate/vae_generated_samples.png",
     "outputs/generate/vae_latent_grid.png",
     "outputs/generate/vae_interpolation.png",
+    "outputs/generate/vae_latent_explorer.html",
 ]
 
 
@@ -195,7 +196,7 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
             )
         logged = {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
         logged |= {a.path for a in client.list_artifacts(generate.info.run_id, "generate")}
-        assert set(IMAGES) <= logged
+        assert set(IMAGES) <= logged and "generate/vae_latent_explorer.html" in logged
     assert training["100.0"].data.tags.get("dvc_exp_name")
     # the workspace holds the last experiment (beta=100): its run-id files name its runs
     [evaluate_100] = children(runs, training["100.0"], "evaluate")

@@ -54,6 +54,7 @@ def test_evaluate_and_generate_leave_no_figure_open(project: Path, capsys: pytes
     assert plt.get_fignums() == []  # a sweep calls these many times
     assert (paths.EVALUATE_DIR / "vae_latent_space.png").is_file()
     assert (paths.GENERATE_DIR / "vae_latent_grid.png").is_file()
+    assert (paths.GENERATE_DIR / "vae_latent_explorer.html").is_file()
     assert "is not in sqlite" in capsys.readouterr().err  # the unknown training run is said, not fatal
 
 

@@ -107,6 +107,9 @@ class GenerateParams(_Section):
     grid_range: Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple)]
     interpolation_steps: Annotated[int, Field(ge=2, le=100)]
     seed: Annotated[int, Field(ge=0)]
+    # the latent explorer: grid points per side of its decoded sprite (100² images keep the page under 5 MB)
+    explorer_resolution: Annotated[int, Field(ge=2, le=100)]
+    explorer_range: Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple)]
 
 
 class MlflowParams(_Section):
@@ -210,9 +213,10 @@ def _message(error: dict[str, Any], raw: Any) -> str:
 
 
 def _check_relations(params: Params) -> None:
-    low, high = params.generate.grid_range
-    if not low < high:
-        raise ParamsError(f"generate.grid_range = {[low, high]} must be [low, high] with low < high")
+    for key in ("grid_range", "explorer_range"):
+        low, high = getattr(params.generate, key)
+        if not low < high:
+            raise ParamsError(f"generate.{key} = {[low, high]} must be [low, high] with low < high")
 
 
 def parse_params(raw: Any) -> Params:

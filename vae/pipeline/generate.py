@@ -1,4 +1,4 @@
-"""Stage generate: samples from the prior, the 2-D latent grid and an interpolation.
+"""Stage generate: samples from the prior, a decoded latent grid, an interpolation and the latent explorer.
 
 Logged in a new MLflow run nested under the training run that made the model.
 """
@@ -13,11 +13,13 @@ import mlflow
 from vae import fast_cpu
 from vae.config import load_params
 from vae.data import CLASS_NAMES
+from vae.explorer import latent_plane, write_explorer
 from vae.generator import (
+    decode_latents,
     encode_means,
-    generate_grid,
     generate_samples,
     interpolate_latent,
+    latent_grid,
     pick_different_classes,
     visualize_samples,
 )
@@ -47,13 +49,23 @@ def main() -> None:
     title = f"{gen.num_samples} samples from N(0, I)"
     plt.close(visualize_samples(samples, (rows, gen.samples_per_row), out / "vae_generated_samples.png", title=title))
 
-    if params.latent_dim == 2:
-        grid = generate_grid(model, gen.grid_size, gen.grid_range, device)
-        low, high = gen.grid_range
-        title = f"decoded latent grid, z1 and z2 in [{low:g}, {high:g}]"
-        plt.close(visualize_samples(grid, (gen.grid_size, gen.grid_size), out / "vae_latent_grid.png", title=title))
-    else:
-        print(f"generate: latent_dim={params.latent_dim}, so no latent grid (it needs a 2-D latent space)")
+    # the grid and the explorer show one plane: (z1, z2), or the test means' first two principal directions
+    test_means = encode_means(model, test.images)
+    plane = latent_plane(test_means)
+    grid = decode_latents(model, plane.codes(latent_grid(gen.grid_size, gen.grid_range)))
+    low, high = gen.grid_range
+    axes = "z1 and z2" if plane.axis_name == "z" else "PC1 and PC2 of the test set's latent means"
+    title = f"decoded latent grid, {axes} in [{low:g}, {high:g}]"
+    plt.close(visualize_samples(grid, (gen.grid_size, gen.grid_size), out / "vae_latent_grid.png", title=title))
+    write_explorer(
+        out / "vae_latent_explorer.html",
+        model,
+        test_means,
+        test.labels,
+        CLASS_NAMES,
+        gen.explorer_resolution,
+        gen.explorer_range,
+    )
 
     first, second = pick_different_classes(test.labels)
     means = encode_means(model, test.images[[first, second]])
@@ -63,7 +75,7 @@ def main() -> None:
         f"test image {second} ({CLASS_NAMES[test.labels[second]]})"
     )
     plt.close(visualize_samples(path, (1, gen.interpolation_steps), out / "vae_interpolation.png", title=title))
-    print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}")
+    print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.*')))} to {out}")
 
     experiment = params.mlflow.experiment_name
     with stage_run("generate", experiment, logged_params, training_run_id, device, paths.GENERATE_RUN_ID):
