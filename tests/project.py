@@ -130,3 +130,20 @@ def wait_until_healthy(uri: str, process: subprocess.Popen, log: Path, timeout: 
         silent = f"the tracking server did not answer in {timeout} s: {log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, silent
         time.sleep(0.5)
+
+
+class MlflowServer:
+    """``mlflow server`` on a SQLite file in ``folder``, its artifacts beside it; started on a free port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder)]
+        self.log = folder / "server.log"
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        wait_until_healthy(self.uri, self.process, self.log, timeout=120)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -10,10 +10,12 @@ import re
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from project import MlflowServer
 
 from vae.data import CLASS_NAMES
 from vae.explorer import explorer_html, latent_plane, write_explorer
@@ -122,3 +124,34 @@ def test_a_browser_shows_the_models_image_under_the_pointer(tmp_path: Path) -> N
             shown.append(image)
         browser.close()
     assert np.abs(shown[0] - shown[1]).max() > 0.05  # another point, another garment
+
+
+def test_the_page_works_in_mlflows_artifact_view(tmp_path: Path) -> None:
+    """Logged to a run, the page opens in `mlflow server`'s UI (a sandboxed frame) and follows the mouse."""
+    from playwright.sync_api import sync_playwright
+
+    model, means, labels = model_and_means(2, n=500)
+    page_file = write_explorer(tmp_path / "vae_latent_explorer.html", model, means, labels, CLASS_NAMES, 16)
+    server = MlflowServer(tmp_path)
+    try:
+        uri = server.uri
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run(client.create_experiment("explorer"))
+        client.log_artifact(run.info.run_id, str(page_file), "generate")
+        url = f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/generate/{page_file.name}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_or_fail(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(url)
+            frame = page.wait_for_selector("iframe", timeout=60_000).content_frame()
+            frame.wait_for_function("window.explorer && window.explorer.ready", timeout=30_000)
+            box = frame.locator("#map").bounding_box()
+            cells = []
+            for fx in (0.2, 0.8):
+                page.mouse.move(box["x"] + fx * box["width"], box["y"] + 0.5 * box["height"])
+                cells.append(frame.evaluate("window.explorer.j"))
+                assert "nearest test image:" in frame.locator("#readout").inner_text()
+            browser.close()
+        assert cells[0] < cells[1]  # the pointer moved right, so did the decoded grid point
+    finally:
+        server.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import EXPERIMENT, clean_env, free_port, mlflow_runs, new_project, run, wait_until_healthy
+from project import EXPERIMENT, MlflowServer, clean_env, free_port, mlflow_runs, new_project, run
 
 from vae import sweep as sweep_cli
 
@@ -73,6 +73,16 @@ def test_an_unreachable_ray_address_is_one_line(tmp_path: Path, monkeypatch: pyt
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_the_shipped_sweep_files_are_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae.pipeline.sweep_spec import load_sweep
+
+    monkeypatch.chdir(path.parents[1])
+    assert load_sweep(path).keys
+
+
 def test_the_reproduce_command_spells_values_dvc_reads_back() -> None:
     from vae.pipeline.sweep_spec import load_sweep
 
@@ -98,23 +108,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     new_project(root, env, train_limit=400)
     run(["dvc", "repro", "classifier"], root, env)
     return root, env
-
-
-class MlflowServer:
-    """``mlflow server`` on a SQLite file: the shared tracking store every Ray node can reach."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder)]
-        self.log = folder / "server.log"
-        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        wait_until_healthy(self.uri, self.process, self.log, timeout=120)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ random or Optuna search) or one range for random and Optuna search:
 ``{randint: [low, high]}`` (integers, both ends included). Every value, and both
 ends of every range, is validated by :func:`vae.config.parse_params` on top of
 params.yaml, so a sweep can only ask for what ``dvc exp run -S`` would accept.
-Reading a sweep needs neither Ray nor torch.
+Reading a sweep needs no Ray.
 """
 
 from __future__ import annotations
