@@ -19,7 +19,6 @@ import base64
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from vae.data import PAD
-from vae.generator import decode_latents, latent_grid
+from vae.generator import decode_latents, latent_grid, latent_plane
 from vae.model import VAE
 from vae.storage import atomic_write
 
@@ -45,36 +44,6 @@ CLASS_COLOURS = (
     "#bcbd22",
     "#17becf",
 )
-
-
-@dataclass(frozen=True)
-class LatentPlane:
-    """A plane of the latent space: ``z = origin + x·axes[0] + y·axes[1]``; origin (D,), orthonormal axes (2, D)."""
-
-    origin: torch.Tensor
-    axes: torch.Tensor
-    axis_name: str  # "z" (the latent coordinates themselves) or "PC" (principal directions)
-
-    def codes(self, xy: torch.Tensor) -> torch.Tensor:
-        """Latent codes (N, D) of plane coordinates (N, 2)."""
-        return self.origin + xy @ self.axes
-
-    def coordinates(self, z: torch.Tensor) -> torch.Tensor:
-        """Plane coordinates (N, 2) of latent codes (N, D): their orthogonal projection."""
-        return (z - self.origin) @ self.axes.T
-
-
-def latent_plane(means: torch.Tensor) -> LatentPlane:
-    """The plane the explorer shows for latent means (N, D): (z1, z2) for D ≤ 2, else the first
-    two principal directions through the means' mean (D = 1: z1, with a flat second axis)."""
-    means = means.detach().cpu().float()
-    dim = means.shape[1]
-    if dim <= 2:
-        axes = torch.eye(2, dim)  # D = 1: the second axis is zero, so y changes nothing
-        return LatentPlane(torch.zeros(dim), axes, "z")
-    origin = means.mean(0)
-    _, _, v = torch.linalg.svd(means - origin, full_matrices=False)
-    return LatentPlane(origin, v[:2].clone(), "PC")
 
 
 def sprite(images: torch.Tensor, resolution: int) -> bytes:

@@ -10,6 +10,7 @@ non-interactive Agg backend when there is no display, so they work headless.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -194,18 +195,45 @@ def visualize_reconstruction(
     return fig
 
 
+@dataclass(frozen=True)
+class LatentPlane:
+    """A plane of the latent space: ``z = origin + x·axes[0] + y·axes[1]``; origin (D,), orthonormal axes (2, D)."""
+
+    origin: torch.Tensor
+    axes: torch.Tensor
+    axis_name: str  # "z" (the latent coordinates themselves) or "PC" (principal directions)
+
+    def codes(self, xy: torch.Tensor) -> torch.Tensor:
+        """Latent codes (N, D) of plane coordinates (N, 2)."""
+        return self.origin + xy @ self.axes
+
+    def coordinates(self, z: torch.Tensor) -> torch.Tensor:
+        """Plane coordinates (N, 2) of latent codes (N, D): their orthogonal projection."""
+        return (z - self.origin) @ self.axes.T
+
+
+def latent_plane(means: torch.Tensor) -> LatentPlane:
+    """The plane in which latent means (N, D) are shown (the scatter, the latent grid, the explorer):
+    (z1, z2) for D ≤ 2 (D = 1: z1, with a flat second axis), else the plane through the means' mean
+    spanned by their first two principal directions."""
+    means = means.detach().cpu().float()
+    dim = means.shape[1]
+    if dim <= 2:
+        axes = torch.eye(2, dim)  # D = 1: the second axis is zero, so y changes nothing
+        return LatentPlane(torch.zeros(dim), axes, "z")
+    origin = means.mean(0)
+    _, _, v = torch.linalg.svd(means - origin, full_matrices=False)
+    return LatentPlane(origin, v[:2].clone(), "PC")
+
+
 def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """(N, D) → (N, 2): the points themselves when D ≤ 2, else their first two principal components.
+    """(N, D) → (N, 2): the points themselves when D ≤ 2 (D = 1: a zero second column), else their
+    first two principal components (:func:`latent_plane`).
 
     Returns the projection and an axis-label prefix ("z" or "PC").
     """
-    if points.shape[1] == 1:
-        return torch.cat([points, torch.zeros_like(points)], dim=1), "z"
-    if points.shape[1] == 2:
-        return points, "z"
-    centred = points - points.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T, "PC"
+    plane = latent_plane(points)
+    return plane.coordinates(points.detach().cpu().float()), plane.axis_name
 
 
 def plot_latent_space(

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import mlflow
 import torch
 import yaml
 
+from vae import fast_cpu
 from vae.classifier import FashionClassifier, load_classifier
 from vae.config import Params
 from vae.data import FashionMNISTSplit
@@ -48,7 +49,6 @@ from vae.pipeline.tracking import (
     lost_server_reported,
     project_root,
     setup_experiment,
-    tracking_uri,
     ui_link,
 )
 from vae.pipeline.train import start_training
@@ -113,8 +113,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     context = tune.get_context()
     trial_id, node_id = context.get_trial_id(), ray.get_runtime_context().get_node_id()
-    os.environ["MLFLOW_TRACKING_URI"] = setup.tracking_uri
-    mlflow.set_tracking_uri(setup.tracking_uri)
+    mlflow.set_tracking_uri(setup.tracking_uri)  # also exported, for MLflow's own threads (system metrics)
     client = mlflow.MlflowClient()
     params = setup.sweep.params(config)
     existing = _trial_run(client, setup, trial_id)
@@ -192,8 +191,6 @@ def _train_and_evaluate(
 
 def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: torch.device) -> dict[str, float]:
     """The evaluate stage's metrics of the trained model, logged with the model; returns them as eval_*."""
-    from vae import fast_cpu
-
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / paths.MODEL.name
         save_model(model, checkpoint)
@@ -269,12 +266,11 @@ def _search_space(sweep: Sweep) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
-    for key, entry in sweep.spec.space.items():
+    for key, entry in sweep.space.items():
         if isinstance(entry, list):
             space[key] = tune.grid_search(entry) if sweep.spec.search == "grid" else tune.choice(entry)
         else:
             ((kind, (low, high)),) = entry.items()
-            low, high = float(low) if isinstance(low, str) else low, float(high) if isinstance(high, str) else high
             space[key] = tune.randint(low, high + 1) if kind == "randint" else getattr(tune, kind)(low, high)
     return space
 
@@ -318,10 +314,8 @@ class TrialOutcome:
     status: str  # finished, stopped (by ASHA), failed
     epochs: int
     metrics: dict[str, float]
-    run_id: str | None
-    node_id: str | None
+    run_id: str
     reason: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _collect(sweep: Sweep, trials: list[Any], setup: TrialSetup, client: mlflow.MlflowClient) -> list[TrialOutcome]:
@@ -352,7 +346,7 @@ def _collect(sweep: Sweep, trials: list[Any], setup: TrialSetup, client: mlflow.
             status, reason = "stopped", f"stopped by ASHA after epoch {epochs}"
             client.set_tag(run_id, "stopped_early", reason)
             client.set_terminated(run_id, "KILLED")
-        outcomes.append(TrialOutcome(overrides, status, epochs, dict(result), run_id, tags.get(NODE_TAG), reason, tags))
+        outcomes.append(TrialOutcome(overrides, status, epochs, dict(result), run_id, reason))
     return outcomes
 
 
@@ -406,7 +400,7 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
     if address is not None:
         check_reachable(address)  # in seconds: Ray itself waits a minute
     train, test, classifier = load_setup_data()
-    uri = check_tracking_store(tracking_uri())
+    uri = check_tracking_store()
     connect(address)
     try:
         nodes = check_cluster(sweep, uri)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vae.config import Params, ParamsError, parse_params
+from vae.config import Params, ParamsError, load_params, parse_params
 from vae.errors import UserError
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import stage_params
@@ -79,11 +80,15 @@ class SweepSpec(_Strict):
     max_concurrent: Annotated[int, Field(ge=1)] | None = None  # trials at once (default: as resources allow)
 
 
+@dataclass
 class Sweep:
     """A checked sweep: the spec, the base params (params.yaml with the epoch budget) and the space."""
 
-    def __init__(self, path: Path, spec: SweepSpec, base: dict[str, Any], mode: str) -> None:
-        self.path, self.spec, self.base, self.mode = path, spec, base, mode
+    path: Path
+    spec: SweepSpec
+    base: dict[str, Any]  # params.yaml as a mapping, with the sweep's epoch budget
+    mode: str  # max or min
+    space: dict[str, Any]  # the spec's space, range ends as numbers (YAML reads 1e-3 as a string)
 
     @property
     def name(self) -> str:
@@ -91,7 +96,7 @@ class Sweep:
 
     @property
     def keys(self) -> list[str]:
-        return list(self.spec.space)
+        return list(self.space)
 
     def params(self, overrides: dict[str, Any]) -> Params:
         """The validated params of a trial: params.yaml, the epoch budget, then ``overrides``."""
@@ -99,9 +104,8 @@ class Sweep:
 
     def reproduce_command(self, overrides: dict[str, Any], params_file: dict[str, Any], exp_name: str) -> str:
         """``dvc exp run -S … -n …``: the trial as a versioned DVC experiment, the same params and numbers."""
-        flat_file = _flatten(params_file)
         settings = dict(overrides)
-        if self.base["epochs"] != flat_file["epochs"] and "epochs" not in settings:
+        if self.base["epochs"] != params_file["epochs"] and "epochs" not in settings:
             settings["epochs"] = self.base["epochs"]  # the sweep's epoch budget
         shown = " ".join(f"-S {shlex.quote(f'{key}={format_value(value)}')}" for key, value in settings.items())
         return f"dvc exp run {shown} -n {exp_name}"
@@ -114,16 +118,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     return str(value)
-
-
-def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -217,27 +211,22 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
     if mode is None:
         raise SweepError(f"{path}: metric {spec.metric} has no known direction: add `mode: max` or `mode: min`")
 
-    base = _load_base(params_path)
-    allowed = sweepable_keys(parse_params(base))
+    params = load_params(params_path)  # a broken params.yaml is reported as such, with its own line
+    allowed = sweepable_keys(params)
+    base = params.model_dump()  # the mapping the trials' overrides apply to
     if spec.epochs is not None:
         base["epochs"] = spec.epochs
+    space: dict[str, Any] = {}
     for key, entry in spec.space.items():
         where = f"{path}: space"
         if key not in allowed:
-            known = key in _flatten(base)
-            why = "is not a key a sweep can change" if known else "is not a params.yaml key"
+            why = "is not a key a sweep can change" if key in params.flat() else "is not a params.yaml key"
             raise SweepError(f"{where}: {key} {why} (sweepable: {', '.join(allowed)})")
-        for value in _candidates(where, key, entry, spec.search):
+        values = _candidates(where, key, entry, spec.search)
+        for value in values:
             try:
                 parse_params(apply_overrides(base, {key: value}))
             except ParamsError as err:
                 raise SweepError(f"{where}: {err}") from None
-    return Sweep(path, spec, base, mode)
-
-
-def _load_base(params_path: Path | str) -> dict[str, Any]:
-    """params.yaml as a raw mapping, valid (the trials' overrides apply to it)."""
-    from vae.config import load_params
-
-    load_params(params_path)  # a broken params.yaml is reported as such, with its own line
-    return yaml.safe_load(Path(params_path).read_text())
+        space[key] = entry if isinstance(entry, list) else {next(iter(entry)): values}
+    return Sweep(path, spec, base, mode, space)
