@@ -19,6 +19,17 @@ import torch
 from vae.data import ENV_VAR, SPLIT_FILES
 from vae.tracking_server import LocalPostgres, ServerError, postgres_tool
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin a relative FASHION_MNIST_DIR (the README's ``../shared/data/fashion-mnist``) to the folder it
+    names from the project root, where it was set and what the README says it is relative to: the
+    end-to-end tests run stages in copies of the project elsewhere, which give their own layouts."""
+    value = os.environ.get(ENV_VAR)
+    if value and not Path(value).expanduser().is_absolute():
+        os.environ[ENV_VAR] = str((REPO / Path(value).expanduser()).resolve())
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array in the IDX format (magic 0x08 = unsigned byte, then the dims)."""

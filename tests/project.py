@@ -44,14 +44,43 @@ def run_queue(root: Path, env: dict[str, str], jobs: int = 2, timeout: float = 6
 def clean_env(idx_dir: Path) -> dict[str, str]:
     """This process's environment without MLflow or DVC settings, with this venv first on PATH.
 
-    ``FASHION_MNIST_DIR`` keeps the real data when set, else points at ``idx_dir``.
+    ``FASHION_MNIST_DIR`` keeps the real data when set (conftest made it absolute), else points
+    at ``idx_dir``. Output stays buffered as Python buffers it for a user's file or pipe.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("FASHION_MNIST_DIR", str(idx_dir))
     return env
+
+
+def readme_data_dir() -> str:
+    """The value of the README's ``export FASHION_MNIST_DIR=…`` line, as a newcomer copies it."""
+    line = re.search(r"(?m)^export FASHION_MNIST_DIR=(\S+)$", (REPO / "README.md").read_text())
+    assert line, "README.md has no `export FASHION_MNIST_DIR=…` line"
+    return line.group(1)
+
+
+def readme_layout(folder: Path, n_train: int = 300, n_test: int = 200) -> dict[str, str]:
+    """Lay out ``folder`` as the README's clone sits beside shared/, and return the README's environment.
+
+    The data lands where the README's relative ``FASHION_MNIST_DIR`` points from a project in any
+    sub-folder of ``folder`` (``folder/main``, as a clone of main): the real data, linked, when
+    FASHION_MNIST_DIR is set, else tiny IDX files. The environment holds the README's relative value
+    itself, so every command run with it resolves the path as a newcomer's would.
+    """
+    from conftest import write_fashion_mnist
+
+    relative = readme_data_dir()
+    data = (folder / "main" / relative).resolve()
+    assert data.is_relative_to(folder.resolve()), f"the README's {relative} leaves the clone's folder"
+    real = os.environ.get("FASHION_MNIST_DIR")
+    if real:
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.symlink_to(real, target_is_directory=True)
+    else:
+        write_fashion_mnist(data, n_train, n_test)
+    return clean_env(data) | {"FASHION_MNIST_DIR": relative}
 
 
 def copy_repo(dest: Path) -> None:

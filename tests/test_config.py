@@ -70,10 +70,25 @@ def test_missing_key() -> None:
         parse_params(raw)
 
 
-def test_unknown_key_typo() -> None:
+def test_a_typo_names_the_typo_and_the_key_meant() -> None:
     raw = default_raw()
-    raw["latnet_dim"] = 3
-    with pytest.raises(ParamsError, match=r"unknown key latnet_dim \(allowed in the top level: beta, latent_dim"):
+    raw["latnet_dim"] = raw.pop("latent_dim")  # latent_dim is now missing too: the typo is the culprit
+    with pytest.raises(ParamsError, match=r"^unknown key latnet_dim \(did you mean latent_dim\?\)$"):
+        parse_params(raw)
+    raw = default_raw()
+    raw["train"]["lrr"] = raw["train"].pop("lr")
+    with pytest.raises(ParamsError, match=r"^unknown key train.lrr \(did you mean train.lr\?\)$"):
+        parse_params(raw)
+    raw = default_raw()
+    raw["latnet_dim"] = 3  # beside the real key: still the typo, with the key meant
+    with pytest.raises(ParamsError, match=r"^unknown key latnet_dim \(did you mean latent_dim\?\)$"):
+        parse_params(raw)
+
+
+def test_an_unknown_key_like_no_other_lists_the_allowed_ones() -> None:
+    raw = default_raw()
+    raw["train"]["colour"] = "red"
+    with pytest.raises(ParamsError, match=r"^unknown key train.colour \(allowed in train: lr, batch_size, seed"):
         parse_params(raw)
 
 

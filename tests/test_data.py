@@ -45,6 +45,23 @@ def test_env_var_is_used(tiny_idx_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert len(load_fashion_mnist("test")) == 32
 
 
+def test_a_relative_env_var_is_relative_to_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_fashion_mnist(tmp_path / "shared" / "data" / "fashion-mnist")
+    project = tmp_path / "main"
+    (project / ".dvc" / "tmp" / "exps" / "run").mkdir(parents=True)
+    monkeypatch.setenv(ENV_VAR, "../shared/data/fashion-mnist")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(project)  # `dvc repro`, `python -m vae.example`: the working directory
+    assert resolve_data_dir().resolve() == data.resolve()
+    # a queued experiment: DVC runs the stage in a temporary copy and names the project in DVC_ROOT
+    monkeypatch.chdir(project / ".dvc" / "tmp" / "exps" / "run")
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert resolve_data_dir().resolve() == data.resolve()
+    monkeypatch.setenv(ENV_VAR, "../elsewhere")
+    with pytest.raises(DataError, match=r"from FASHION_MNIST_DIR=\.\./elsewhere, relative to the project root .*main"):
+        resolve_data_dir()
+
+
 def test_wrong_magic_names_the_file(tiny_idx_dir: Path) -> None:
     path = tiny_idx_dir / "train-labels-idx1-ubyte.gz"
     with gzip.open(path, "wb") as f:
@@ -93,6 +110,7 @@ def test_offline_default_folder_says_download_failed(tmp_path: Path, monkeypatch
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(vae.data, "_download", offline)
     with pytest.raises(DataError, match=r"download failed.*missing train-images-idx3-ubyte"):

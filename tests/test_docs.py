@@ -50,6 +50,18 @@ def test_readme_is_a_front_door_that_links_the_docs() -> None:
             assert (page.parent / target).is_file(), f"{page.name} links {target}"
 
 
+def test_ci_runs_the_readme_s_set_up_and_test_commands_verbatim() -> None:
+    """CI runs what a newcomer copies: every line of the README's set-up block and its test command."""
+    readme = (REPO / "README.md").read_text()
+    setup, test = re.findall(r"```bash\n(.*?)```", readme.split("## Set up", 1)[1], flags=re.S)[:2]
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    lines = [line for line in (setup + test).splitlines() if line.strip()]
+    assert any(line.startswith("export FASHION_MNIST_DIR=") for line in lines)
+    assert lines[-1] == "python -m pytest"
+    for line in lines:
+        assert line in ci_lines, f".ci/run lacks the README's line: {line}"
+
+
 # --- the bad-input table: each row reproduced, its message compared with the real one -------------------------
 
 
@@ -66,6 +78,18 @@ def _set(dotted: str, value: object) -> Callable[[dict], None]:
         for parent in parents:
             raw = raw[parent]
         raw[key] = value
+
+    return change
+
+
+def _rename(dotted: str, typo: str) -> Callable[[dict], None]:
+    """The key at ``dotted`` spelt ``typo`` instead, as a user's slip would leave the file."""
+
+    def change(raw: dict) -> None:
+        *parents, key = dotted.split(".")
+        for parent in parents:
+            raw = raw[parent]
+        raw[typo] = raw.pop(key)
 
     return change
 
@@ -178,7 +202,9 @@ REPRODUCE: dict[str, Callable] = {
     "`train.lr: 0`": lambda tmp: _params_with(tmp, _set("train.lr", 0)),
     "`train.batch_size` above the data": _batch_above_data,
     "`train.seed` missing": lambda tmp: _params_with(tmp, lambda raw: raw["train"].pop("seed")),
-    "typo `latnet_dim: 3`": lambda tmp: _params_with(tmp, _set("latnet_dim", 3)),
+    "typo `latnet_dim: 2` for `latent_dim`": lambda tmp: _params_with(tmp, _rename("latent_dim", "latnet_dim")),
+    "typo `lrr:` under `train:`": lambda tmp: _params_with(tmp, _rename("train.lr", "lrr")),
+    "unknown key `colour: red`": lambda tmp: _params_with(tmp, _set("colour", "red")),
     "no data files": _no_data,
     "IDX file with a wrong magic number": _wrong_magic,
     "truncated IDX file": _truncated_idx,

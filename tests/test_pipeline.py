@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_fashion_mnist
-from project import IMAGES, by_stage, children, clean_env, free_port, new_project, run, run_queue
+from project import IMAGES, by_stage, children, free_port, new_project, readme_layout, run, run_queue
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
@@ -43,14 +42,21 @@ OUTPUTS = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
+def clone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the tests' clones sit in, with the data where the README's relative path finds it."""
+    return tmp_path_factory.mktemp("home")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
-    """A tiny copy of this repository after `dvc repro`."""
-    root = new_project(tmp_path_factory.mktemp("project"), env)
+def env(clone_home: Path) -> dict[str, str]:
+    """The README's environment: ``FASHION_MNIST_DIR=../shared/data/fashion-mnist``, relative, as written."""
+    return readme_layout(clone_home)
+
+
+@pytest.fixture(scope="module")
+def project(clone_home: Path, env: dict[str, str]) -> Path:
+    """A tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`."""
+    root = new_project(clone_home / "main", env)
     run(["dvc", "repro"], root, env)
     return root
 
@@ -293,19 +299,23 @@ def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str])
 
 
 def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
-    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50"], project, env)
-    run(["dvc", "exp", "run", "--run-all"], project, env)
+    """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
+    FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
+    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.test_limit=150"], project, env)
+    status = run_queue(project, env, jobs=1)
+    assert status.count("Success") == 1, status
     runs, _ = mlflow_runs(project)
     queued = [r for r in by_stage(runs, "train") if r.data.params.get("beta") == "50.0"]
     assert len(queued) == 1 and queued[0].info.status == "FINISHED"
+    assert queued[0].data.tags["test_images"] == "150"  # prepare ran again, on the data the README points at
     [generate] = children(runs, queued[0], "generate")
     artifact_dir = Path(generate.info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
 
 
-def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> None:
+def test_parallel_queue_loses_no_run(clone_home: Path, env: dict[str, str]) -> None:
     """Four queued experiments on two workers, starting from no mlflow.db at all."""
-    root = new_project(tmp_path / "parallel", env, epochs=2)
+    root = new_project(clone_home / "parallel", env, epochs=2)
     betas = ["1.0", "10.0", "100.0", "500.0"]
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=1,10,100,500"], root, env)  # DVC's grid syntax
     status = run_queue(root, env, jobs=2)
@@ -329,3 +339,36 @@ def test_parallel_queue_loses_no_run(tmp_path: Path, env: dict[str, str]) -> Non
         versions = client.search_model_versions(f"name = '{name}'")
         assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
         assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in training)
+
+
+def test_progress_reaches_a_log_file_while_training_runs(clone_home: Path, env: dict[str, str]) -> None:
+    """`nohup dvc repro > run.log &`: each epoch's line is in the file while training still runs, not at the end."""
+    root = new_project(clone_home / "progress", env, epochs=5)
+    log = root / "run.log"
+    process = subprocess.Popen("dvc repro train > run.log 2>&1", shell=True, cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while "epoch 1/5" not in log.read_text():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        # the model is written after the last epoch: a block-buffered stage shows its first epoch only then
+        assert not (root / "models/vae_fashion_mnist.pth").exists(), log.read_text()
+        assert "Running stage 'train'" in log.read_text()
+    finally:
+        assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert all(f"epoch {n}/5" in text for n in range(1, 6)) and "prepare: source" in text
+
+
+def test_the_library_example_reads_the_readme_s_relative_data_dir(clone_home: Path, env: dict[str, str]) -> None:
+    root = new_project(clone_home / "example", env)
+    command = ["python", "-m", "vae.example", "--epochs", "1", "--limit", "128", "--out", "results"]
+    output = run(command, root, env)
+    assert "example: wrote" in output
+    assert sorted(p.name for p in (root / "results").iterdir()) == [
+        "vae_fashion_mnist.pth",
+        "vae_generated_samples.png",
+        "vae_interpolation.png",
+        "vae_reconstructions.png",
+    ]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import EXPERIMENT, MlflowServer, clean_env, free_port, mlflow_runs, new_project, run
+from project import EXPERIMENT, MlflowServer, free_port, mlflow_runs, new_project, readme_layout, run
 
 from vae import sweep as sweep_cli
 
@@ -98,14 +98,9 @@ def test_the_reproduce_command_spells_values_dvc_reads_back() -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tiny DVC project whose prepare and classifier stages ran (what a sweep needs)."""
-    root = tmp_path_factory.mktemp("sweep") / "project"
-    root.mkdir()
-    env = clean_env(root.parent / "idx")
-    if not Path(env["FASHION_MNIST_DIR"]).exists():
-        from conftest import write_fashion_mnist
-
-        write_fashion_mnist(Path(env["FASHION_MNIST_DIR"]), n_train=400, n_test=200)
-    new_project(root, env, train_limit=400)
+    home = tmp_path_factory.mktemp("sweep")
+    env = readme_layout(home, n_train=400, n_test=200)  # the README's relative FASHION_MNIST_DIR, as written
+    root = new_project(home / "main", env, train_limit=400)
     run(["dvc", "repro", "classifier"], root, env)
     return root, env
 

@@ -9,6 +9,7 @@ it must be >= 1``. Reading the params needs neither torch nor MLflow.
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -191,6 +192,9 @@ def _message(error: dict[str, Any], raw: Any) -> str:
     if kind == "extra_forbidden":
         holder = _annotation(Params, names[:-1]) if len(names) > 1 else Params
         where = ".".join(names[:-1]) or "the top level"
+        intended = difflib.get_close_matches(names[-1], list(holder.model_fields), n=1, cutoff=0.6)
+        if intended:
+            return f"unknown key {key} (did you mean {'.'.join([*names[:-1], intended[0]])}?)"
         return f"unknown key {key} (allowed in {where}: {', '.join(holder.model_fields)})"
     annotation = _annotation(Params, names)
     if kind == "missing" and len(names) == len(loc):
@@ -212,6 +216,12 @@ def _message(error: dict[str, Any], raw: Any) -> str:
     return f"{key} = {value!r} is not {_describe(annotation)}{finite}"
 
 
+def _culprit(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to report: an unknown key before all others, since a typo (``latnet_dim``) also
+    leaves the key it was meant to be missing, and the key the user typed is the culprit."""
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
 def _check_relations(params: Params) -> None:
     for key in ("grid_range", "explorer_range"):
         low, high = getattr(params.generate, key)
@@ -228,7 +238,7 @@ def parse_params(raw: Any) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_message(err.errors()[0], raw)) from None
+        raise ParamsError(_message(_culprit(err.errors()), raw)) from None
     _check_relations(params)
     return params
 

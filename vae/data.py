@@ -3,9 +3,15 @@
 Where the files come from, in order:
 
 1. the ``directory`` argument;
-2. the ``FASHION_MNIST_DIR`` environment variable;
-3. the default folder ``data/fashion-mnist`` (relative to the working
-   directory), downloaded there through torchvision when the files are missing.
+2. the ``FASHION_MNIST_DIR`` environment variable. A relative value is relative
+   to the project root (:func:`vae.utils.project_root`: the folder DVC runs the
+   pipeline from, else the working directory), so the README's
+   ``export FASHION_MNIST_DIR=../shared/data/fashion-mnist``, set in the
+   project root, names the same folder in queued experiments, which DVC runs
+   in a temporary copy of the repository;
+3. the default folder ``data/fashion-mnist`` in the project root, downloaded
+   there through torchvision (about 30 MB from its mirrors) when the files are
+   missing.
 
 A folder holds the four standard IDX files, gzip'd (``*.gz``) or not, either
 directly or in torchvision's ``FashionMNIST/raw`` layout.
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from vae.errors import UserError
+from vae.utils import project_root
 
 ENV_VAR = "FASHION_MNIST_DIR"
 DEFAULT_DIR = Path("data") / "fashion-mnist"
@@ -142,23 +149,32 @@ def resolve_data_dir(directory: Path | str | None = None, download: bool = True)
         DataError: the files are not there and cannot be downloaded; says what
             was looked for, where, and how to supply it.
     """
-    if directory is not None or os.environ.get(ENV_VAR):
-        folder = Path(directory if directory is not None else os.environ[ENV_VAR]).expanduser()
-        why = "the folder given" if directory is not None else f"from {ENV_VAR}"
+    given = directory if directory is not None else os.environ.get(ENV_VAR)
+    if given:
+        folder = Path(given).expanduser()
+        if directory is not None:
+            why = "the folder given"
+        elif folder.is_absolute():
+            why = f"from {ENV_VAR}"
+        else:
+            folder = project_root() / folder
+            why = f"from {ENV_VAR}={given}, relative to the project root {project_root()}"
         missing = _missing(folder)
         if missing:
             raise _missing_data_error(folder, missing, why)
         return folder
-    missing = _missing(DEFAULT_DIR)
+    folder = project_root() / DEFAULT_DIR  # one download per project, also for queued experiments
+    missing = _missing(folder)
     if missing and download:
+        print(f"data: Fashion-MNIST not in {folder}: downloading it with torchvision", flush=True)
         try:
-            _download(DEFAULT_DIR)
+            _download(folder)
         except Exception as err:  # torchvision raises RuntimeError/URLError/OSError when offline
-            raise _missing_data_error(DEFAULT_DIR, missing, f"download failed: {err}") from None
-        missing = _missing(DEFAULT_DIR)
+            raise _missing_data_error(folder, missing, f"download failed: {err}") from None
+        missing = _missing(folder)
     if missing:
-        raise _missing_data_error(DEFAULT_DIR, missing, "the default folder")
-    return DEFAULT_DIR
+        raise _missing_data_error(folder, missing, "the default folder")
+    return folder
 
 
 def pad_images(images: torch.Tensor) -> torch.Tensor:

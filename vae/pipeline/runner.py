@@ -14,7 +14,12 @@ from vae.storage import atomic_write
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a user's mistake (:class:`~vae.errors.UserError`) ends it with one line
-    on stderr and exit status 1. Any other exception is a bug and keeps its traceback."""
+    on stderr and exit status 1. Any other exception is a bug and keeps its traceback.
+
+    Output is line-buffered: Python block-buffers stdout into a file or pipe, which would hold
+    every per-epoch line of ``dvc repro > run.log`` (or ``| tee``, or a CI log) until the stage ends.
+    """
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         main()
     except UserError as err:

@@ -47,13 +47,12 @@ from vae.pipeline.tracking import (
     git_commit,
     is_server,
     lost_server_reported,
-    project_root,
     setup_experiment,
     ui_link,
 )
 from vae.pipeline.train import start_training
 from vae.storage import load_model, load_prepared, save_model
-from vae.utils import get_device
+from vae.utils import get_device, project_root
 
 PIXELS = 32 * 32  # the reconstruction loss is BCE per pixel; −ELBO sums it over an image
 STATE = "state.pt"  # the trial checkpoint's file: a vae.pipeline.resume.TrainState

@@ -40,17 +40,13 @@ from urllib.parse import urlsplit, urlunsplit
 from vae.data import FashionMNISTSplit
 from vae.errors import UserError
 from vae.storage import atomic_write, file_md5
+from vae.utils import project_root
 
 if TYPE_CHECKING:
     import mlflow
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
-
-
-def project_root() -> Path:
-    """The repository whose store the runs belong to: ``DVC_ROOT`` when set, else the working directory."""
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri() -> str:
