@@ -9,7 +9,7 @@ The trials differ only in train.seed, so each does the same work.
 (a) "one after another": this process trains and evaluates each trial in turn with
     :func:`vae.pipeline.train.start_training` and :func:`vae.pipeline.evaluate.evaluate_model`,
     every core (or the GPU) to itself, with no tracking.
-(b) "sweep": ``python -m vae.sweep``'s :func:`vae.pipeline.sweep.run_sweep` on Ray on this
+(b) "sweep": ``python -m vae.sweep``'s :func:`vae.sweep.tune.run_sweep` on Ray on this
     machine, ``--cpu``/``--gpu`` per trial, with all its MLflow logging (to a temporary store)
     and Ray's start-up included.
 Prints trials per hour and training images per second summed over trials, for each, and the
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from vae.errors import run_command
 from vae.pipeline.evaluate import evaluate_model
-from vae.pipeline.runner import run_stage
-from vae.pipeline.sweep_spec import load_sweep
 from vae.pipeline.train import start_training
+from vae.sweep.spec import load_sweep
 from vae.utils import get_device
 
 
@@ -66,7 +66,7 @@ def main() -> None:
         if args.iw_samples:
             sweep.base["evaluate"]["iw_samples"] = args.iw_samples
         sweep.base["mlflow"]["system_metrics"] = False
-        from vae.pipeline import sweep as sweeping  # Ray: the sweep extra
+        from vae.sweep import tune as sweeping  # Ray: the sweep extra
 
         train, test, classifier = sweeping.load_setup_data()
         device = get_device(sweep.params({}).train.device)
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("benchmark", main)
+    run_command("benchmark", main)

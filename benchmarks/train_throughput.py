@@ -47,9 +47,9 @@ import torch
 from vae import fast_cpu
 from vae.config import PRECISIONS
 from vae.data import SPLIT_FILES, read_split, resolve_data_dir
+from vae.errors import run_command
 from vae.loss import vae_loss_function
 from vae.model import VAE
-from vae.pipeline.runner import run_stage
 from vae.trainer import resolve_precision
 from vae.utils import get_device
 
@@ -244,4 +244,4 @@ def _cpu_features() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("benchmark", main)
+    run_command("benchmark", main)

@@ -1,7 +1,7 @@
 """DVC stage classifier: the work is in vae.pipeline.classifier."""
 
+from vae.errors import run_command
 from vae.pipeline.classifier import main
-from vae.pipeline.runner import run_stage
 
 if __name__ == "__main__":
-    run_stage("classifier", main)
+    run_command("classifier", main)

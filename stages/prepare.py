@@ -1,7 +1,7 @@
 """DVC stage prepare: the work is in vae.pipeline.prepare."""
 
+from vae.errors import run_command
 from vae.pipeline.prepare import main
-from vae.pipeline.runner import run_stage
 
 if __name__ == "__main__":
-    run_stage("prepare", main)
+    run_command("prepare", main)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from vae.data import ENV_VAR, SPLIT_FILES
-from vae.tracking_server import LocalPostgres, ServerError, postgres_tool
+from vae.tracking.server import LocalPostgres, ServerError, postgres_tool
 
 REPO = Path(__file__).resolve().parents[1]
 

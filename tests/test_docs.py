@@ -26,13 +26,13 @@ from vae.data import FashionMNISTSplit, read_split, resolve_data_dir
 from vae.errors import UserError
 from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
-from vae.pipeline.registry import Candidate, rank
-from vae.pipeline.sweep import check_reachable
-from vae.pipeline.sweep_spec import load_sweep
-from vae.pipeline.tracking import check_database, check_tracking_store, read_run_id
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
-from vae.tracking_server import LocalPostgres
+from vae.sweep.spec import load_sweep
+from vae.sweep.tune import check_reachable
+from vae.tracking.registry import Candidate, rank
+from vae.tracking.server import LocalPostgres
+from vae.tracking.store import check_database, check_tracking_store, read_run_id
 from vae.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,9 +216,9 @@ REPRODUCE: dict[str, Callable] = {
     "unreachable `MLFLOW_TRACKING_URI`": _unreachable,
     "`MLFLOW_TRACKING_URI` that is not an MLflow server": _not_mlflow,
     "unreachable database in `MLFLOW_TRACKING_URI`": _unreachable_database,
-    "wrong database password (`vae.tracking_server`)": _wrong_password,
-    "`python -m vae.promote --metric eval_fid`": _promote_by("eval_fid"),
-    "`python -m vae.promote --metric test_loss`": _promote_by("test_loss"),
+    "wrong database password (`vae.tracking.server`)": _wrong_password,
+    "`python -m vae.tracking.promote --metric eval_fid`": _promote_by("eval_fid"),
+    "`python -m vae.tracking.promote --metric test_loss`": _promote_by("test_loss"),
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
     "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
     "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),

@@ -56,7 +56,12 @@ def evaluation_of(root: Path) -> dict[str, dict[str, float]]:
 
 def promote(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vae.promote", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vae.tracking.promote", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -111,7 +116,7 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     best_nelbo = min(evaluations, key=lambda r: evaluations[r]["eval_nelbo"])
 
     first = promote(root, env)
-    print(f"\n$ python -m vae.promote\n{first.stdout}")
+    print(f"\n$ python -m vae.tracking.promote\n{first.stdout}")
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == f"{NAME}: versions by eval_iw_log_likelihood (higher is better)"
     assert f"champion: version {version_of[best_iw]}" in first.stdout

@@ -15,7 +15,7 @@ from vae.storage import save_model, save_prepared
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_command(name: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "stages" / f"{name}.py")], cwd=cwd, capture_output=True, text=True, timeout=120
     )
@@ -39,21 +39,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def test_bad_param_stops_train_before_any_work(project: Path) -> None:
     text = (project / "params.yaml").read_text().replace("epochs: 10", "epochs: ten")
     (project / "params.yaml").write_text(text)
-    assert_one_line_error(run_stage("train", project), "train: error:", "params.yaml", "epochs = 'ten'")
+    assert_one_line_error(run_command("train", project), "train: error:", "params.yaml", "epochs = 'ten'")
     assert not (project / "models").exists() and not (project / "mlflow.db").exists()
 
 
 def test_missing_prepared_data_says_which_stage_to_run(project: Path) -> None:
-    assert_one_line_error(run_stage("train", project), "data/prepared/train.pt", "dvc repro prepare")
+    assert_one_line_error(run_command("train", project), "data/prepared/train.pt", "dvc repro prepare")
 
 
 def test_missing_data_source_lists_files(project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
-    assert_one_line_error(run_stage("prepare", project), "prepare: error:", "nowhere", "train-images-idx3-ubyte")
+    assert_one_line_error(run_command("prepare", project), "prepare: error:", "nowhere", "train-images-idx3-ubyte")
 
 
 def test_missing_model_for_evaluate(project: Path) -> None:
-    assert_one_line_error(run_stage("evaluate", project), "evaluate: error:", "vae_fashion_mnist.pth")
+    assert_one_line_error(run_command("evaluate", project), "evaluate: error:", "vae_fashion_mnist.pth")
 
 
 @pytest.mark.parametrize("content", ["", "not a run id!\n"])
@@ -67,13 +67,13 @@ def test_bad_training_run_id_file_is_one_line_and_names_it(project: Path, conten
     (project / "outputs" / "train_run_id.txt").write_text(content)
     for stage in ("generate",):
         assert_one_line_error(
-            run_stage(stage, project), f"{stage}: error:", "outputs/train_run_id.txt", "dvc repro train"
+            run_command(stage, project), f"{stage}: error:", "outputs/train_run_id.txt", "dvc repro train"
         )
     (project / "outputs" / "train_run_id.txt").unlink()
-    assert_one_line_error(run_stage("generate", project), "outputs/train_run_id.txt: no MLflow run id")
+    assert_one_line_error(run_command("generate", project), "outputs/train_run_id.txt: no MLflow run id")
     assert not (project / "outputs" / "generate").exists() and not (project / "mlflow.db").exists()
 
 
 def test_missing_dvc_yaml_is_one_line(project: Path) -> None:
     (project / "dvc.yaml").unlink()
-    assert_one_line_error(run_stage("evaluate", project), "evaluate: error:", "dvc.yaml", "project root")
+    assert_one_line_error(run_command("evaluate", project), "evaluate: error:", "dvc.yaml", "project root")

@@ -16,12 +16,11 @@ from conftest import write_fashion_mnist
 from vae.classifier import FashionClassifier, save_classifier
 from vae.config import load_params
 from vae.data import DataError, read_split
-from vae.errors import UserError
+from vae.errors import UserError, run_command
 from vae.model import VAE
 from vae.pipeline import evaluate, generate, paths
-from vae.pipeline.runner import run_stage
-from vae.pipeline.tracking import write_run_id
 from vae.storage import save_model, save_prepared
+from vae.tracking.store import write_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +81,7 @@ def test_only_user_errors_become_one_line(capsys: pytest.CaptureFixture) -> None
         raise DataError("data/x.pt: not a prepared data file")
 
     with pytest.raises(SystemExit) as stopped:
-        run_stage("demo", user_mistake)
+        run_command("demo", user_mistake)
     assert stopped.value.code == 1 and capsys.readouterr().err == "demo: error: data/x.pt: not a prepared data file\n"
     assert issubclass(DataError, UserError)
 
@@ -90,7 +89,7 @@ def test_only_user_errors_become_one_line(capsys: pytest.CaptureFixture) -> None
         open("/nonexistent/file")  # a FileNotFoundError from a bug keeps its traceback
 
     with pytest.raises(FileNotFoundError):
-        run_stage("demo", bug)
+        run_command("demo", bug)
 
 
 def test_benchmark_without_data_is_one_line(tmp_path: Path) -> None:
@@ -178,7 +177,7 @@ def test_training_run_records_its_data_and_system_metrics_as_the_param_says(
 def test_an_existing_experiment_gets_the_model_training_kind(project: Path) -> None:
     import mlflow
 
-    from vae.pipeline.tracking import setup_experiment, tracking_uri
+    from vae.tracking.store import setup_experiment, tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri())
     made_before = client.create_experiment("made-before-the-tag")
@@ -193,7 +192,7 @@ def test_an_experiment_created_by_another_process_meanwhile_is_used(
     """Two queued experiments on a server both find no experiment, and both create it: the second must use it."""
     import mlflow
 
-    from vae.pipeline.tracking import setup_experiment, tracking_uri
+    from vae.tracking.store import setup_experiment, tracking_uri
 
     existing = mlflow.MlflowClient(tracking_uri()).create_experiment("created-meanwhile")
     real_lookup, lookups = mlflow.get_experiment_by_name, []

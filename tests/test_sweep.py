@@ -15,7 +15,7 @@ import pytest
 import yaml
 from project import EXPERIMENT, MlflowServer, free_port, mlflow_runs, new_project, readme_layout, run
 
-from vae import sweep as sweep_cli
+from vae.sweep import command as sweep_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -77,14 +77,14 @@ def test_an_unreachable_ray_address_is_one_line(tmp_path: Path, monkeypatch: pyt
     "path", sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_the_shipped_sweep_files_are_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vae.pipeline.sweep_spec import load_sweep
+    from vae.sweep.spec import load_sweep
 
     monkeypatch.chdir(path.parents[1])
     assert load_sweep(path).keys
 
 
 def test_the_reproduce_command_spells_values_dvc_reads_back() -> None:
-    from vae.pipeline.sweep_spec import load_sweep
+    from vae.sweep.spec import load_sweep
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "beta_latent.yaml")
     params_file = {"epochs": 10, "beta": 500}
@@ -146,7 +146,7 @@ def test_two_nodes_and_a_sqlite_store_is_one_line(project, cluster) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("sweep: error: the Ray cluster has 2 nodes but the MLflow")
-    assert "sqlite:///" in result.stderr and "python -m vae.tracking_server" in result.stderr
+    assert "sqlite:///" in result.stderr and "python -m vae.tracking.server" in result.stderr
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The team set-up, with real parts: PostgreSQL, `python -m vae.tracking_server`, a DVC remote, a git origin.
+"""The team set-up, with real parts: PostgreSQL, `python -m vae.tracking.server`, a DVC remote, a git origin.
 
 Every command here is one the README's "Team set-up" section gives. The server
 tests start PostgreSQL with its own tools (initdb, pg_ctl) in a temporary
@@ -41,20 +41,20 @@ from project import (
 
 from vae.config import load_params
 from vae.pipeline.dvc_yaml import lineage_params, select
-from vae.tracking_server import LocalPostgres
+from vae.tracking.server import LocalPostgres
 
 TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"]
 
 
 class TrackingServer:
-    """``python -m vae.tracking_server --data-dir …`` (the README's command) in a process group of its own."""
+    """``python -m vae.tracking.server --data-dir …`` (the README's command) in a process group of its own."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
         self.command = [
             sys.executable,
             "-m",
-            "vae.tracking_server",
+            "vae.tracking.server",
             "--data-dir",
             str(data_dir),
             "--pg-port",
@@ -304,7 +304,7 @@ def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres:
     wrong = postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong-password")
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "vae.tracking_server", "--backend-store-uri", wrong]
+        [sys.executable, "-m", "vae.tracking.server", "--backend-store-uri", wrong]
         + ["--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port)],
         capture_output=True,
         text=True,

@@ -1,11 +1,30 @@
-"""The one base class of every mistake a user can make.
+"""The one base class of every mistake a user can make, and the runner that turns one into one line.
 
-A stage stops on a :class:`UserError` with one line on stderr (see
-:func:`vae.pipeline.runner.run_stage`); anything else is a bug and keeps its
-traceback. Each error below names the culprit (file, param, value, URI) and
-what to do about it.
+A stage or command stops on a :class:`UserError` with one line on stderr (see
+:func:`run_command`); anything else is a bug and keeps its traceback. Each error
+names the culprit (file, param, value, URI) and what to do about it.
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
     """Something the user gave (params, data, files, a server address) cannot be used; the message says why."""
+
+
+def run_command(name: str, main: Callable[[], None]) -> None:
+    """Run a stage's or command's ``main``; a user's mistake (:class:`UserError`) ends it with one line
+    on stderr and exit status 1. Any other exception is a bug and keeps its traceback.
+
+    Output is line-buffered: Python block-buffers stdout into a file or pipe, which would hold
+    every per-epoch line of ``dvc repro > run.log`` (or ``| tee``, or a CI log) until the stage ends.
+    """
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        main()
+    except UserError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)

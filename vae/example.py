@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vae.data import load_fashion_mnist
+from vae.errors import run_command
 from vae.generator import (
     encode_means,
     generate_samples,
@@ -28,7 +29,6 @@ from vae.generator import (
     visualize_samples,
 )
 from vae.model import VAE
-from vae.pipeline.runner import run_stage
 from vae.storage import save_model
 from vae.trainer import train_vae_model
 from vae.utils import get_device, set_seed
@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("example", main)
+    run_command("example", main)

@@ -19,10 +19,10 @@ from vae.metrics import active_units, frechet_distance, importance_weighted_log_
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
-from vae.pipeline.registry import decoder_model_id
 from vae.pipeline.runner import write_json
-from vae.pipeline.tracking import check_tracking_store, log_dataset, read_run_id, stage_run
 from vae.storage import load_model, load_prepared
+from vae.tracking.registry import decoder_model_id
+from vae.tracking.store import check_tracking_store, log_dataset, read_run_id, stage_run
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 

@@ -1,30 +1,13 @@
-"""What every stage shares: one line on stderr for a user's mistake, and the JSON and CSV result files."""
+"""The stages' result files: metrics as JSON, per-epoch history as CSV (what ``dvc metrics`` and ``dvc plots`` read)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vae.errors import UserError
 from vae.storage import atomic_write
-
-
-def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a user's mistake (:class:`~vae.errors.UserError`) ends it with one line
-    on stderr and exit status 1. Any other exception is a bug and keeps its traceback.
-
-    Output is line-buffered: Python block-buffers stdout into a file or pipe, which would hold
-    every per-epoch line of ``dvc repro > run.log`` (or ``| tee``, or a CI log) until the stage ends.
-    """
-    sys.stdout.reconfigure(line_buffering=True)
-    try:
-        main()
-    except UserError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
-        sys.exit(1)
 
 
 def write_json(data: Mapping[str, float], path: Path) -> None:

@@ -21,7 +21,6 @@ from vae.data import FashionMNISTSplit
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select, stage_params
-from vae.pipeline.registry import log_models
 from vae.pipeline.resume import (
     STATE_FILE,
     TrainState,
@@ -34,7 +33,9 @@ from vae.pipeline.resume import (
     save_state,
 )
 from vae.pipeline.runner import write_history_csv, write_json
-from vae.pipeline.tracking import (
+from vae.storage import file_md5, load_prepared, save_model
+from vae.tracking.registry import log_models
+from vae.tracking.store import (
     check_tracking_store,
     is_server,
     log_dataset,
@@ -46,7 +47,6 @@ from vae.pipeline.tracking import (
     ui_link,
     write_run_id,
 )
-from vae.storage import file_md5, load_prepared, save_model
 from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
 from vae.utils import DeviceError, get_device, set_seed
 

@@ -39,10 +39,12 @@ from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.pipeline.evaluate import evaluate_model
-from vae.pipeline.registry import log_models
 from vae.pipeline.resume import TrainState
-from vae.pipeline.sweep_spec import EPOCH_METRIC, EVALUATION_PREFIX, Sweep, SweepError
-from vae.pipeline.tracking import (
+from vae.pipeline.train import start_training
+from vae.storage import load_model, load_prepared, save_model
+from vae.sweep.spec import EPOCH_METRIC, EVALUATION_PREFIX, Sweep, SweepError
+from vae.tracking.registry import log_models
+from vae.tracking.store import (
     check_tracking_store,
     git_commit,
     is_server,
@@ -50,8 +52,6 @@ from vae.pipeline.tracking import (
     setup_experiment,
     ui_link,
 )
-from vae.pipeline.train import start_training
-from vae.storage import load_model, load_prepared, save_model
 from vae.utils import get_device, project_root
 
 PIXELS = 32 * 32  # the reconstruction loss is BCE per pixel; −ELBO sums it over an image
@@ -247,7 +247,7 @@ def check_cluster(sweep: Sweep, uri: str) -> list[dict[str, Any]]:
     if len(nodes) > 1 and not is_server(uri):
         raise SweepError(
             f"the Ray cluster has {len(nodes)} nodes but the MLflow tracking URI is {uri}, a file on this "
-            "machine the other nodes cannot write: start a tracking server (python -m vae.tracking_server) "
+            "machine the other nodes cannot write: start a tracking server (python -m vae.tracking.server) "
             "and set MLFLOW_TRACKING_URI=http://<its address>:5000"
         )
     wanted = sweep.spec.resources

@@ -2,7 +2,7 @@
 
 Try it, or host it for a small team, with a PostgreSQL of its own kept in one folder::
 
-    python -m vae.tracking_server --data-dir ~/vae-tracking --port 5000
+    python -m vae.tracking.server --data-dir ~/vae-tracking --port 5000
 
 The first start creates the database cluster there with PostgreSQL's own tools
 (``initdb``; a random password, kept in ``DATA_DIR/password``), then every start
@@ -12,7 +12,7 @@ database is missing, and the MLflow server. Artifacts go to
 
 With an existing PostgreSQL and S3-compatible artifact storage::
 
-    python -m vae.tracking_server \\
+    python -m vae.tracking.server \\
         --backend-store-uri postgresql://mlflow:PASSWORD@db.example.com:5432/mlflow \\
         --artifacts-destination s3://my-bucket/mlflow --host 0.0.0.0 --port 5000
 
@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 
 from vae.errors import UserError
-from vae.pipeline.tracking import check_database, redact
+from vae.tracking.store import check_database, redact
 
 DATABASE = "mlflow"
 DB_USER = "mlflow"
@@ -244,7 +244,7 @@ def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: i
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m vae.tracking_server",
+        prog="python -m vae.tracking.server",
         description="An MLflow tracking server on PostgreSQL with proxied artifacts, for a team.",
     )
     where = parser.add_mutually_exclusive_group(required=True)

@@ -26,7 +26,7 @@ from vae.errors import UserError
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import stage_params
 from vae.pipeline.evaluate import METRIC_NAMES
-from vae.pipeline.registry import DIRECTIONS
+from vae.tracking.registry import DIRECTIONS
 
 EVALUATION_PREFIX = "eval_"  # the evaluate stage's metrics, as MLflow shows them
 # β-independent and known every epoch: −ELBO on the test set (nats per image), what ASHA compares trials by

@@ -8,7 +8,7 @@ Needs the prepared data and the classifier (`dvc repro classifier`). Every trial
 trains and evaluates as the DVC stages do and is an MLflow child run of one
 sweep run; the end prints the trials best first and the `dvc exp run -S … -n …`
 command that makes the best a versioned DVC experiment. The logic lives in
-:mod:`vae.pipeline.sweep` and :mod:`vae.pipeline.sweep_spec`.
+:mod:`vae.sweep.tune` and :mod:`vae.sweep.spec`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from vae.pipeline.runner import run_stage
-from vae.pipeline.sweep_spec import SweepError, load_sweep
+from vae.errors import run_command
+from vae.sweep.spec import SweepError, load_sweep
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,13 +38,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     def run() -> None:
         sweep = load_sweep(args.sweep)  # every bad input fails here or in the checks, before any trial
         try:
-            from vae.pipeline import sweep as sweeping
+            from vae.sweep import tune as sweeping
         except ImportError as err:
             raise SweepError(f"Ray Tune is not installed ({err}): pip install -e '.[sweep]'") from None
         storage = (args.storage or sweeping.default_storage()).resolve()
         sweeping.run_sweep(sweep, sweeping.ray_address(args.address), storage, args.run_best)
 
-    run_stage("sweep", run)
+    run_command("sweep", run)
 
 
 if __name__ == "__main__":

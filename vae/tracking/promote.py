@@ -1,12 +1,12 @@
-"""``python -m vae.promote``: point the alias ``champion`` at the best registered model by a β-independent metric.
+"""``python -m vae.tracking.promote``: the alias ``champion`` on the best registered model by a β-independent metric.
 
-    python -m vae.promote                                  # by eval_iw_log_likelihood, higher is better
-    python -m vae.promote --metric eval_nelbo              # lower is better
+    python -m vae.tracking.promote                         # by eval_iw_log_likelihood, higher is better
+    python -m vae.tracking.promote --metric eval_nelbo     # lower is better
 
 Prints the candidates, best first, and the outcome; a second run with nothing
 new changes nothing. Then ``mlflow.pytorch.load_model("models:/fashion-mnist-vae@champion")``
 decodes, and ``mlflow models serve -m "models:/fashion-mnist-vae@champion"`` serves it.
-The logic lives in :mod:`vae.pipeline.registry`.
+The logic lives in :mod:`vae.tracking.registry`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from vae.config import load_params
-from vae.pipeline import paths
-from vae.pipeline.registry import ALIAS, DEFAULT_METRIC, RegistryError, format_promotion, promote, ranking_metrics
-from vae.pipeline.runner import run_stage
-from vae.pipeline.tracking import check_tracking_store
+from vae.config import PARAMS_FILE, load_params
+from vae.errors import run_command
+from vae.tracking.registry import ALIAS, DEFAULT_METRIC, RegistryError, format_promotion, promote, ranking_metrics
+from vae.tracking.store import check_tracking_store
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vae.promote", description=__doc__.split("\n")[0].strip("`: "))
+    parser = argparse.ArgumentParser(
+        prog="python -m vae.tracking.promote", description=__doc__.split("\n")[0].strip("`: ")
+    )
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"what to rank by: {ranking_metrics()}")
     parser.add_argument("--name", help="the registered model (default: mlflow.registered_model in params.yaml)")
     parser.add_argument("--alias", default=ALIAS, help=f"the alias to move (default: {ALIAS})")
@@ -35,13 +36,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     def run() -> None:
         import mlflow
 
-        name = args.name or load_params(paths.PARAMS).mlflow.registered_model
+        name = args.name or load_params(PARAMS_FILE).mlflow.registered_model
         if not name:
-            raise RegistryError(f"{paths.PARAMS}: mlflow.registered_model is null; pass --name")
+            raise RegistryError(f"{PARAMS_FILE}: mlflow.registered_model is null; pass --name")
         mlflow.set_tracking_uri(check_tracking_store())
         print(format_promotion(promote(name, args.metric, args.alias), args.alias))
 
-    run_stage("promote", run)
+    run_command("promote", run)
 
 
 if __name__ == "__main__":

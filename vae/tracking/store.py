@@ -13,7 +13,7 @@ overrides it. The project root is ``DVC_ROOT`` when DVC runs the stage: for
 repository rather than the temporary copy, so their runs land in the project's
 store and survive the copy's deletion. Artifacts go to ``<root>/mlruns``.
 
-A team's tracking server (``http://…``, see :mod:`vae.tracking_server`) keeps
+A team's tracking server (``http://…``, see :mod:`vae.tracking.server`) keeps
 its own artifact store. Every stage checks the store before any work
 (:func:`check_tracking_store`), and a server that goes away mid-run stops the
 stage in seconds with one line (:func:`fail_fast_on_lost_server`,

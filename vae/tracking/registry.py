@@ -14,7 +14,7 @@ the git commit, the DVC experiment and the training run; the evaluate stage's
 metrics are reachable from the version: they are logged on its MLflow model
 (``model_id``) and in the evaluate run nested under the version's run.
 
-:func:`promote` (``python -m vae.promote``) ranks the decoder's versions by a
+:func:`promote` (``python -m vae.tracking.promote``) ranks the decoder's versions by a
 metric of their latest evaluate run, in the right direction for that metric,
 and points the alias ``champion`` of both models at the best run's versions.
 """
