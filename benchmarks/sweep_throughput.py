@@ -78,7 +78,7 @@ def main() -> None:
         for seed in range(args.trials):
             params = sweep.params({"train.seed": seed})
             training = start_training(params, train, test, device)
-            training.run(params, device, 1, {}, lambda epoch, metrics: None)
+            training.run(lambda epoch, metrics: None)
             evaluate_model(training.model, classifier.to(device), train, test, params, device)
         sequential = time.perf_counter() - started
 

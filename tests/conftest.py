@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vae.data import ENV_VAR, SPLIT_FILES
+from vae.sweep.tune import SINGLE_MACHINE_RAY
 from vae.tracking.server import LocalPostgres, ServerError, postgres_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Pin a relative FASHION_MNIST_DIR (the README's ``../shared/data/fashion-mnist``) to the folder it
     names from the project root, where it was set and what the README says it is relative to: the
     end-to-end tests run stages in copies of the project elsewhere, which give their own layouts."""
+    # every Ray node the tests start (and the drivers joining them) on 127.0.0.1: Ray's single-machine
+    # switch, set before Ray is imported and inherited by every command the tests run
+    os.environ[SINGLE_MACHINE_RAY] = "0"
     value = os.environ.get(ENV_VAR)
     if value and not Path(value).expanduser().is_absolute():
         os.environ[ENV_VAR] = str((REPO / Path(value).expanduser()).resolve())
@@ -64,6 +68,9 @@ def tiny_idx_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def real_data_dir() -> Path:
     """The real Fashion-MNIST folder from FASHION_MNIST_DIR; skips the test when it is not set."""
+    # every Ray node the tests start (and the drivers joining them) on 127.0.0.1: Ray's single-machine
+    # switch, set before Ray is imported and inherited by every command the tests run
+    os.environ[SINGLE_MACHINE_RAY] = "0"
     value = os.environ.get(ENV_VAR)
     if not value:
         pytest.skip(f"{ENV_VAR} is not set")

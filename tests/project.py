@@ -50,6 +50,7 @@ def clean_env(idx_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
+    env.pop("PYTHONUNBUFFERED", None)  # a user's shell has none: stdout into a file or pipe is block-buffered
     env.setdefault("FASHION_MNIST_DIR", str(idx_dir))
     return env
 

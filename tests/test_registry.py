@@ -78,7 +78,7 @@ def test_every_training_run_registers_its_decoder_and_encoder(project: tuple[Pat
             run_ = training[version.run_id]
             assert version.tags["beta"] == f"{float(run_.data.params['beta']):g}"
             assert version.tags["latent_dim"] == run_.data.params["latent_dim"] == "2"
-            assert version.tags["git_commit"] == run_.data.tags["git_commit"]
+            assert version.tags["git_commit"] == run_.data.tags["mlflow.source.git.commit"]
             assert version.tags["training_run_id"] == version.run_id
             assert version.tags.get("dvc_exp_name") == run_.data.tags.get("dvc_exp_name")
     # the version of the committed run names the same file as DVC's artifact, by the hash in dvc.lock

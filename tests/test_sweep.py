@@ -73,6 +73,25 @@ def test_an_unreachable_ray_address_is_one_line(tmp_path: Path, monkeypatch: pyt
     assert time.monotonic() - started < 30
 
 
+def test_without_the_sweep_extra_the_command_names_it(tmp_path: Path) -> None:
+    """`pip install -e .` without `[sweep]`: one line naming the extra, not a traceback from deep inside."""
+    without_ray = (
+        "import runpy, sys; sys.modules['ray'] = None; sys.argv[0] = 'vae.sweep'; "
+        "runpy.run_module('vae.sweep', run_name='__main__')"
+    )
+    sweep_file = write_sweep(tmp_path, "grid", GRID)
+    result = subprocess.run(
+        [sys.executable, "-c", without_ray, str(sweep_file)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("sweep: error: Ray Tune or Optuna is not installed")
+    assert "pip install -c constraints.txt -e '.[sweep]'" in result.stderr
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.name
 )
@@ -117,8 +136,9 @@ def cluster() -> Iterator[object]:
     """Two Ray nodes on this machine, one CPU each: a head and a worker."""
     from ray.cluster_utils import Cluster
 
-    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    two_nodes.add_node(num_cpus=1)
+    loopback = {"node_ip_address": "127.0.0.1"}  # Ray binds to the machine's network address otherwise
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False} | loopback)
+    two_nodes.add_node(num_cpus=1, **loopback)
     two_nodes.wait_for_nodes()
     yield two_nodes
     two_nodes.shutdown()

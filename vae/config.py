@@ -52,8 +52,15 @@ def _device_name(value: str) -> str:
     return value
 
 
+def _ascending(bounds: tuple[float, float]) -> tuple[float, float]:
+    if not bounds[0] < bounds[1]:
+        raise ValueError("it must be [low, high] with low < high")
+    return bounds
+
+
 Number = Annotated[float, BeforeValidator(_number_from_text), Field(allow_inf_nan=False)]
 Text = Annotated[str, Field(pattern=r"\S")]  # a non-empty string, not only blanks
+Range = Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple), AfterValidator(_ascending)]  # [low, high]
 
 
 class _Section(BaseModel):
@@ -105,12 +112,12 @@ class GenerateParams(_Section):
     num_samples: Annotated[int, Field(ge=1, le=1000)]
     samples_per_row: Annotated[int, Field(ge=1, le=100)]
     grid_size: Annotated[int, Field(ge=2, le=50)]
-    grid_range: Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple)]
+    grid_range: Range
     interpolation_steps: Annotated[int, Field(ge=2, le=100)]
     seed: Annotated[int, Field(ge=0)]
     # the latent explorer: grid points per side of its decoded sprite (100² images keep the page under 5 MB)
     explorer_resolution: Annotated[int, Field(ge=2, le=100)]
-    explorer_range: Annotated[tuple[Number, Number], BeforeValidator(_list_as_tuple)]
+    explorer_range: Range
 
 
 class MlflowParams(_Section):
@@ -167,6 +174,8 @@ def _describe(kind: Any) -> str:
         return "one of " + ", ".join(map(str, args))
     if origin is tuple:
         return f"a list of {len(args)} numbers"
+    if origin is dict:
+        return "a mapping of keys to values"
     if isinstance(kind, type) and issubclass(kind, BaseModel):
         return "a mapping of keys to values"
     return {int: "an integer", float: "a number", str: "a non-empty string", type(None): "null"}.get(kind, str(kind))
@@ -182,7 +191,7 @@ def _annotation(model: type[BaseModel], path: tuple[str, ...]) -> Any:
 _RANGES = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
-def _message(error: dict[str, Any], raw: Any) -> str:
+def _message(error: dict[str, Any], raw: Any, root: type[BaseModel]) -> str:
     """pydantic's error as ``key = value is not …``, in this project's words."""
     loc = tuple(error["loc"])
     names = tuple(part for part in loc if isinstance(part, str))  # an int is an index inside a list
@@ -190,43 +199,40 @@ def _message(error: dict[str, Any], raw: Any) -> str:
     if kind == "model_type":
         return f"{key or 'the top level'} must be a mapping of keys to values, got {error['input']!r}"
     if kind == "extra_forbidden":
-        holder = _annotation(Params, names[:-1]) if len(names) > 1 else Params
+        holder = _annotation(root, names[:-1]) if len(names) > 1 else root
         where = ".".join(names[:-1]) or "the top level"
         intended = difflib.get_close_matches(names[-1], list(holder.model_fields), n=1, cutoff=0.6)
         if intended:
             return f"unknown key {key} (did you mean {'.'.join([*names[:-1], intended[0]])}?)"
         return f"unknown key {key} (allowed in {where}: {', '.join(holder.model_fields)})"
-    annotation = _annotation(Params, names)
+    annotation = _annotation(root, names)
     if kind == "missing" and len(names) == len(loc):
         return f"missing key {key} ({_describe(annotation)})"
     value = raw
     for name in names:
         value = value[name]
+    if kind == "value_error" and len(names) == len(loc):  # a validator's own rule, e.g. train.device
+        return f"{key} = {value!r} is not allowed: {error['ctx']['error']}"
     if len(names) < len(loc) or _describe(annotation).startswith("a list"):
         return f"{key} = {value!r} is not {_describe(annotation)}"  # a list: name it whole
     if kind in _RANGES:
         bound = next(iter(error["ctx"].values()))
         shown = float(value) if _describe(annotation).startswith("a number") else value  # as it was read
         return f"{key} = {shown!r} is out of range: it must be {_RANGES[kind]} {bound}"
-    if kind == "value_error":  # a validator's own rule, e.g. train.device
-        return f"{key} = {value!r} is not allowed: {error['ctx']['error']}"
     if kind == "literal_error":
         return f"{key} = {value!r} is not allowed: it must be {_describe(annotation)}"
     finite = " (must be finite)" if kind == "finite_number" else ""
     return f"{key} = {value!r} is not {_describe(annotation)}{finite}"
 
 
-def _culprit(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """The error to report: an unknown key before all others, since a typo (``latnet_dim``) also
-    leaves the key it was meant to be missing, and the key the user typed is the culprit."""
-    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+def validation_message(err: ValidationError, raw: Any, root: type[BaseModel]) -> str:
+    """pydantic's ``err`` from validating ``raw`` as ``root`` (params.yaml, a sweep file), as one line.
 
-
-def _check_relations(params: Params) -> None:
-    for key in ("grid_range", "explorer_range"):
-        low, high = getattr(params.generate, key)
-        if not low < high:
-            raise ParamsError(f"generate.{key} = {[low, high]} must be [low, high] with low < high")
+    An unknown key is reported before all else: a typo (``latnet_dim``) also leaves the key
+    it was meant to be missing, and the key the user typed is the culprit.
+    """
+    errors = err.errors()
+    return _message(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0]), raw, root)
 
 
 def parse_params(raw: Any) -> Params:
@@ -238,8 +244,7 @@ def parse_params(raw: Any) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_message(_culprit(err.errors()), raw)) from None
-    _check_relations(params)
+        raise ParamsError(validation_message(err, raw, Params)) from None
     return params
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,11 @@ from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
 from vae.tracking.registry import log_models
 from vae.tracking.store import (
+    GIT_COMMIT_TAG,
     check_tracking_store,
     is_server,
     log_dataset,
+    logged_epochs,
     lost_server_reported,
     run_name,
     run_tags,
@@ -62,7 +64,7 @@ def training_settings(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> dict[s
 
 def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: Callable[[int], float]) -> None:
     """Log the epochs a killed run finished but had not yet logged (the state is saved first)."""
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+    logged = logged_epochs(mlflow.MlflowClient(), run_id)
     for index in range(len(history.get("loss", []))):
         if index + 1 not in logged:
             epoch_metrics = {key: series[index] for key, series in history.items()}
@@ -71,48 +73,46 @@ def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: C
 
 @dataclass
 class Training:
-    """One training run's model, optimizer, batches and arithmetic: built by :func:`start_training`
-    for the train stage and for every sweep trial alike, so both give the same numbers."""
+    """One training run: its params, device, model, optimizer, batches, arithmetic and progress. Built by
+    :func:`start_training` for the train stage and for every sweep trial alike, so both give the same numbers."""
 
+    params: Params
+    device: torch.device
     model: VAE
     optimizer: torch.optim.Optimizer
     train_batches: TensorBatches
     test_batches: TensorBatches
     precision: str  # "fp32" or "bf16", as train.precision resolves on the device
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics so far
+    start_epoch: int = 1  # the first epoch :meth:`run` trains
 
-    def state(self, run_fingerprint: str, epoch: int, history: dict[str, list[float]], run_id: str) -> TrainState:
+    def state(self, run_fingerprint: str, epoch: int, run_id: str) -> TrainState:
         """Everything needed to continue after ``epoch`` (see :mod:`vae.pipeline.resume`)."""
         rng = rng_state(self.train_batches.generator)
-        return TrainState(
-            run_fingerprint, epoch, self.model.state_dict(), self.optimizer.state_dict(), rng, history, run_id
-        )
+        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        return TrainState(run_fingerprint, epoch, model, optimizer, rng, self.history, run_id)
 
-    def restore(self, state: TrainState) -> None:
+    def resume(self, state: TrainState) -> None:
+        """Continue after ``state``'s epoch: its weights, optimizer, random generators and history."""
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         restore_rng(state.rng, self.train_batches.generator)
+        self.history, self.start_epoch = state.history, state.epoch + 1
 
-    def run(
-        self,
-        params: Params,
-        device: torch.device,
-        start_epoch: int,
-        history: dict[str, list[float]],
-        on_epoch_end: Callable[[int, dict[str, float]], None],
-    ) -> dict[str, list[float]]:
-        """Train epochs ``start_epoch`` to ``params.epochs``, reporting the test losses after each."""
+    def run(self, on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
+        """Train to ``params.epochs``, testing after each epoch (``test_*`` metrics); returns the history."""
         return train_vae_model(
             self.model,
             self.train_batches,
             self.optimizer,
-            device,
-            epochs=params.epochs,
-            beta=params.beta_at,
+            self.device,
+            epochs=self.params.epochs,
+            beta=self.params.beta_at,
             val_loader=self.test_batches,
             val_prefix="test_",
             progress=None,
-            start_epoch=start_epoch,
-            history=history,
+            start_epoch=self.start_epoch,
+            history=self.history,
             on_epoch_end=on_epoch_end,
             precision=self.precision,
         )
@@ -134,6 +134,8 @@ def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTS
     model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
     fast_cpu.enable(model)  # on the CPU, faster convolutions with the same weights (a no-op on CUDA)
     return Training(
+        params,
+        device,
         model,
         make_optimizer(model, params.train.lr),
         TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device),
@@ -161,11 +163,10 @@ def train_pipeline(
     run_fingerprint = fingerprint(training_settings(params), prepared_files)
     state, note = load_state(run_fingerprint, state_file)
     print(f"train: {note}")
-    history: dict[str, list[float]] = {}
-    start_epoch, run_id = 1, None
+    run_id = None
     if state is not None:
-        training.restore(state)
-        history, start_epoch, run_id = state.history, state.epoch + 1, state.run_id
+        training.resume(state)
+        run_id = state.run_id
 
     setup_experiment(params.mlflow.experiment_name)
     name = None if run_id else run_name("train", params.beta, params.latent_dim)
@@ -177,28 +178,31 @@ def train_pipeline(
     ):
         if run_id is None:
             # the params of train and of the stages feeding it: not evaluate's or generate's, which
-            # later executions may change without retraining (each logs them in a run of its own)
-            mlflow.log_params(select(params.flat(), lineage_params("train")))
+            # later executions may change without retraining (each logs them in a run of its own);
+            # and the tracking settings it ran with, which DVC leaves out of train's params
+            mlflow.log_params(select(params.flat(), (*lineage_params("train"), "mlflow")))
             mlflow.set_tags(tags | {"train_images": len(train), "test_images": len(test), "precision": precision})
             # training fits the train split and reports per-epoch losses on the test split
             log_dataset(train, prepared_files[0], "training")
             log_dataset(test, prepared_files[1], "testing")
         else:
-            _log_missing_epochs(run_id, history, params.beta_at)
+            _log_missing_epochs(run_id, training.history, params.beta_at)
         print(f"train: {len(train)} images on {device} ({precision}), MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             with interrupts_deferred():
-                save_state(training.state(run_fingerprint, epoch, history, run.info.run_id), state_file)
+                save_state(training.state(run_fingerprint, epoch, run.info.run_id), state_file)
                 mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
 
-        training.run(params, device, start_epoch, history, end_of_epoch)
+        history = training.run(end_of_epoch)
         save_model(model, paths.MODEL)
         write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
         write_history_csv(
             history | {"beta": [params.beta_at(e) for e in range(1, params.epochs + 1)]}, paths.TRAIN_HISTORY
         )
-        provenance = {k: v for k, v in tags.items() if k in ("git_commit", "dvc_exp_name")}
+        provenance = {k: v for k, v in tags.items() if k == "dvc_exp_name"}
+        if GIT_COMMIT_TAG in run.data.tags:
+            provenance["git_commit"] = run.data.tags[GIT_COMMIT_TAG]
         log_models(
             model,
             paths.MODEL,

@@ -37,12 +37,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run() -> None:
         sweep = load_sweep(args.sweep)  # every bad input fails here or in the checks, before any trial
+        from vae.sweep import tune as sweeping  # which imports Ray only inside its functions
+
+        address = sweeping.ray_address(args.address)
+        if address is None:
+            sweeping.keep_local_ray_on_loopback()  # before Ray is imported
         try:
-            from vae.sweep import tune as sweeping
+            import optuna  # noqa: F401  (search: optuna)
+            import ray.tune  # noqa: F401
         except ImportError as err:
-            raise SweepError(f"Ray Tune is not installed ({err}): pip install -e '.[sweep]'") from None
+            raise SweepError(
+                f"Ray Tune or Optuna is not installed ({err}): pip install -c constraints.txt -e '.[sweep]'"
+            ) from None
         storage = (args.storage or sweeping.default_storage()).resolve()
-        sweeping.run_sweep(sweep, sweeping.ray_address(args.address), storage, args.run_best)
+        sweeping.run_sweep(sweep, address, storage, args.run_best)
 
     run_command("sweep", run)
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vae.config import Params, ParamsError, load_params, parse_params
+from vae.config import Params, ParamsError, load_params, parse_params, validation_message
 from vae.errors import UserError
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import stage_params
@@ -195,11 +195,7 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise SweepError(f"{path}: unknown key {where} (allowed: {', '.join(SweepSpec.model_fields)})") from None
-        raise SweepError(f"{path}: {where}: {first['msg']} (got {first.get('input')!r})") from None
+        raise SweepError(f"{path}: {validation_message(err, raw, SweepSpec)}") from None
     if not spec.space:
         raise SweepError(f"{path}: space is empty: name at least one params.yaml key and its values")
 

@@ -16,7 +16,6 @@ driver when Tune is done.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import subprocess
@@ -43,11 +42,12 @@ from vae.pipeline.resume import TrainState
 from vae.pipeline.train import start_training
 from vae.storage import load_model, load_prepared, save_model
 from vae.sweep.spec import EPOCH_METRIC, EVALUATION_PREFIX, Sweep, SweepError
-from vae.tracking.registry import log_models
+from vae.tracking.registry import best_first, log_models
 from vae.tracking.store import (
+    GIT_COMMIT_TAG,
     check_tracking_store,
-    git_commit,
     is_server,
+    logged_epochs,
     lost_server_reported,
     setup_experiment,
     ui_link,
@@ -72,7 +72,7 @@ class TrialSetup:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    git_commit: str
+    git_commit: str | None  # MLflow's tag of it on the parent run, copied to each trial's
     logged_params: tuple[str, ...]  # the params.yaml keys each trial's run logs: those of train and evaluate
 
 
@@ -126,8 +126,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             "ray_trial_name": context.get_trial_name(),
             "pipeline_stage": "sweep-trial",
             "sweep": setup.sweep.name,
-            "git_commit": setup.git_commit,
         }
+        if setup.git_commit:
+            tags[GIT_COMMIT_TAG] = setup.git_commit
         run_id = client.create_run(setup.experiment_id, run_name=context.get_trial_name(), tags=tags).info.run_id
     else:
         run_id = existing.info.run_id
@@ -160,14 +161,11 @@ def _train_and_evaluate(
     from ray import tune
 
     training = start_training(params, setup.train, setup.test, device)
-    history: dict[str, list[float]] = {}
-    start_epoch = 1
     state = _load_checkpoint()
     if state is not None:
-        training.restore(state)
-        history, start_epoch = state.history, state.epoch + 1
+        training.resume(state)
         client.set_tag(run_id, "resumed_after_epoch", str(state.epoch))
-    logged = {m.step for m in client.get_metric_history(run_id, "loss")}  # by an attempt that died after logging
+    logged = logged_epochs(client, run_id)  # by an attempt that died after logging
 
     def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
         metrics = metrics | {
@@ -182,10 +180,10 @@ def _train_and_evaluate(
             report |= _evaluate_and_log(setup, params, training.model, device)
             mlflow.end_run("FINISHED")
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(training.state("sweep-trial", epoch, history, run_id).__dict__, Path(folder) / STATE)
+            torch.save(training.state("sweep-trial", epoch, run_id).__dict__, Path(folder) / STATE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    training.run(params, device, start_epoch, history, end_of_epoch)
+    training.run(end_of_epoch)
 
 
 def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: torch.device) -> dict[str, float]:
@@ -211,6 +209,17 @@ def ray_address(flag: str | None) -> str | None:
     return flag or os.environ.get("RAY_ADDRESS") or None
 
 
+# Ray's switch for a single-machine Ray (its default on Windows and macOS): node addresses stay on
+# 127.0.0.1. Elsewhere Ray replaces 127.0.0.1 by the machine's network address, for every node and driver.
+SINGLE_MACHINE_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make the Ray this process starts listen on 127.0.0.1, not on the machine's network address, where
+    every host that reaches it could join. Before Ray is imported: Ray reads the switch once, at import."""
+    os.environ.setdefault(SINGLE_MACHINE_RAY, "0")
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in one line, in seconds, when nothing listens at ``address`` (Ray itself waits much longer)."""
     if address in ("auto", "local"):
@@ -230,7 +239,8 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def connect(address: str | None) -> None:
-    """Join the Ray cluster at ``address`` (see :func:`check_reachable`), or start Ray on this machine."""
+    """Join the Ray cluster at ``address`` (see :func:`check_reachable`), or start Ray on this machine
+    (on 127.0.0.1 only: see :func:`keep_local_ray_on_loopback`)."""
     import ray
 
     try:
@@ -317,23 +327,24 @@ class TrialOutcome:
     reason: str = ""
 
 
-def _collect(sweep: Sweep, trials: list[Any], setup: TrialSetup, client: mlflow.MlflowClient) -> list[TrialOutcome]:
-    """Every trial's outcome, and its MLflow run made to say it (one run per trial, none left RUNNING)."""
+def _collect(sweep: Sweep, results: Any, setup: TrialSetup, client: mlflow.MlflowClient) -> list[TrialOutcome]:
+    """Every trial's outcome from Tune's ``ResultGrid``, and its MLflow run made to say it (one run per
+    trial, none left RUNNING). A result's metrics are the trial's last report, with its ``trial_id``."""
     outcomes = []
-    for trial in trials:
+    for trial in results:
         overrides = {key: trial.config[key] for key in sweep.keys}
-        run = _trial_run(client, setup, trial.trial_id)
-        result = trial.last_result or {}
+        result, trial_id = trial.metrics, trial.metrics["trial_id"]
+        run = _trial_run(client, setup, trial_id)
         epochs = int(result.get("epoch", 0))
         if run is None:  # its worker died before it could start its run, every attempt
             run = client.create_run(
                 setup.experiment_id,
-                run_name=str(trial),
-                tags={"mlflow.parentRunId": setup.parent_run_id, TRIAL_TAG: trial.trial_id, "sweep": sweep.name},
+                run_name=trial_id,
+                tags={"mlflow.parentRunId": setup.parent_run_id, TRIAL_TAG: trial_id, "sweep": sweep.name},
             )
         tags = run.data.tags
         run_id = run.info.run_id
-        if trial.status == "ERROR":
+        if trial.error is not None:
             status = "failed"
             reason = tags.get(FAILURE_TAG) or "its worker died (a lost node?) and no retry was left"
             if run.info.status != "FAILED":
@@ -351,14 +362,8 @@ def _collect(sweep: Sweep, trials: list[Any], setup: TrialSetup, client: mlflow.
 
 def ranked(outcomes: list[TrialOutcome], metric: str, mode: str) -> list[TrialOutcome]:
     """Finished trials best first by ``metric``, then those stopped early, then the failed."""
-    sign = -1.0 if mode == "max" else 1.0
-
-    def key(o: TrialOutcome) -> tuple[int, float]:
-        value = o.metrics.get(metric, math.nan)
-        order = {"finished": 0, "stopped": 1, "failed": 2}[o.status]
-        return order, sign * value if order == 0 and not math.isnan(value) else 0.0
-
-    return sorted(outcomes, key=key)
+    by_status = sorted(outcomes, key=lambda o: ("finished", "stopped", "failed").index(o.status))
+    return best_first(by_status, lambda o: o.metrics.get(metric) if o.status == "finished" else None, mode == "max")
 
 
 def format_table(outcomes: list[TrialOutcome], sweep: Sweep) -> str:
@@ -424,15 +429,15 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
                     "ray_nodes": len(nodes),
                 }
             )
-            commit = git_commit() or "unknown"
+            commit = parent.data.tags.get(GIT_COMMIT_TAG)
             logged = lineage_params("evaluate")
             setup = TrialSetup(sweep, train, test, classifier, uri, experiment_id, parent.info.run_id, commit, logged)
             print(
                 f"sweep: {sweep.name} on {len(nodes)} Ray node(s), {sweep.spec.resources.cpu:g} CPU and "
                 f"{sweep.spec.resources.gpu:g} GPU per trial; MLflow parent run {parent.info.run_id}"
             )
-            trials = _tune(sweep, setup, storage)
-            outcomes = ranked(_collect(sweep, trials, setup, client), sweep.spec.metric, sweep.mode)
+            results = _tune(sweep, setup, storage)
+            outcomes = ranked(_collect(sweep, results, setup, client), sweep.spec.metric, sweep.mode)
             _log_summary(sweep, outcomes, time.monotonic() - started)
             link = ui_link(experiment_id, parent.info.run_id)
     finally:
@@ -457,18 +462,10 @@ def _exp_name(sweep: Sweep, parent: mlflow.ActiveRun) -> str:
     return f"{sweep.name.replace('_', '-')}-best-{parent.info.run_id[:6]}"
 
 
-def _tune(sweep: Sweep, setup: TrialSetup, storage: Path) -> list[Any]:
-    """Run the trials; returns Tune's trial objects, every one finished, stopped or failed."""
+def _tune(sweep: Sweep, setup: TrialSetup, storage: Path) -> Any:
+    """Run the trials; returns Tune's ``ResultGrid``, every trial in it finished, stopped or failed."""
     from ray import tune
 
-    class Trials(tune.Callback):
-        def __init__(self) -> None:
-            self.trials: list[Any] = []
-
-        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-            self.trials = list(trials)
-
-    seen = Trials()
     # the ranking metric comes with the last epoch's report only (see _search_algorithm); Tune's
     # searchers would otherwise reject the earlier epochs' reports for lacking it
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -486,12 +483,10 @@ def _tune(sweep: Sweep, setup: TrialSetup, storage: Path) -> list[Any]:
             name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
-            callbacks=[seen],
             verbose=1,
         ),
     )
-    tuner.fit()
-    return seen.trials
+    return tuner.fit()
 
 
 def _log_summary(sweep: Sweep, outcomes: list[TrialOutcome], seconds: float) -> None:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from vae.model import VAE, VariationalEncoder
 if TYPE_CHECKING:
     import mlflow
 
+T = TypeVar("T")
 ALIAS = "champion"
 DECODER, ENCODER = "model", "encoder"  # the MLflow models' names inside a training run
 # the metrics promotion accepts: those that do not depend on β, with the direction that is better
@@ -213,13 +215,21 @@ def rank(found: list[Candidate], metric: str) -> list[Candidate]:
         )
     if metric not in DIRECTIONS:
         raise RegistryError(f"{metric} depends on beta or has no better direction; rank by one of: {ranking_metrics()}")
-    sign = -1.0 if DIRECTIONS[metric] == "higher" else 1.0
+    by_version = sorted(found, key=lambda c: c.version)
+    return best_first(by_version, lambda c: c.metrics.get(metric), higher_is_better=DIRECTIONS[metric] == "higher")
 
-    def key(c: Candidate) -> tuple[bool, float, int]:
-        value = c.metrics.get(metric, math.nan)
-        return (math.isnan(value), sign * value if not math.isnan(value) else 0.0, c.version)
 
-    return sorted(found, key=key)
+def best_first(items: Iterable[T], score: Callable[[T], float | None], higher_is_better: bool) -> list[T]:
+    """``items`` sorted best first by ``score``; those with no score (None or NaN) last. Stable: ties
+    keep their order. Ranks registered versions for promotion and a sweep's trials alike."""
+
+    def key(item: T) -> tuple[bool, float]:
+        value = score(item)
+        if value is None or math.isnan(value):
+            return True, 0.0
+        return False, -value if higher_is_better else value
+
+    return sorted(items, key=key)
 
 
 def promote(name: str, metric: str = DEFAULT_METRIC, alias: str = ALIAS) -> Promotion:

@@ -24,18 +24,16 @@ datasets (:func:`log_dataset`).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from vae.data import FashionMNISTSplit
 from vae.errors import UserError
@@ -59,12 +57,13 @@ class TrackingError(UserError, RuntimeError):
 
 
 def redact(uri: str) -> str:
-    """``uri`` with its password, if any, replaced by ``***``: safe to print."""
-    parts = urlsplit(uri)
-    if parts.password is None:
+    """``uri`` with its password, if any, replaced by ``***``: safe to print (SQLAlchemy's own rendering)."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a database URI: nothing of it is a password
         return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_database(uri: str, source: str, timeout: float = 5.0) -> None:
@@ -210,13 +209,13 @@ def lost_server_reported(what_is_kept: str) -> Iterator[None]:
         raise
 
 
-def git_commit() -> str | None:
-    """The commit checked out in the working directory, or None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+def logged_epochs(client: mlflow.MlflowClient, run_id: str) -> set[int]:
+    """The epochs a training run has logged (steps of its ``loss``): what a resumed run must not log again."""
+    return {metric.step for metric in client.get_metric_history(run_id, "loss")}
+
+
+# MLflow's own tag of the git commit a run's program was started from (set by mlflow.start_run)
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
 @contextmanager
@@ -232,13 +231,10 @@ def sqlite_init_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    from filelock import FileLock
+
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock"):
+        yield
 
 
 # MLflow 3's UI opens an experiment by its kind: without this tag, on the GenAI "Overview" page
@@ -335,8 +331,12 @@ def run_name(stage: str, beta: float | None = None, latent_dim: int | None = Non
 
 
 def run_tags(device: object, stage: str) -> dict[str, str]:
-    """Tags that say where a run came from: pipeline stage, device, git commit, DVC experiment name."""
-    tags = {"pipeline_stage": stage, "device": str(device), "git_commit": git_commit() or "unknown"}
+    """Tags that say where a run came from: pipeline stage, device, DVC experiment name.
+
+    The git commit is MLflow's own tag (``mlflow.source.git.commit``), which ``mlflow.start_run``
+    reads from the repository of the stage script.
+    """
+    tags = {"pipeline_stage": stage, "device": str(device)}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
