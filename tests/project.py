@@ -119,6 +119,40 @@ def new_project(
     return root
 
 
+def set_params(path: Path, **changes: object) -> None:
+    """Change dotted keys of the params file at ``path``: ``set_params(p, **{"train.lr": 0.01})``."""
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        target = params
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def prepared_project(folder: Path, monkeypatch: object, **changes: object) -> Path:
+    """``folder/project`` as the working directory: dvc.yaml, params.yaml with dotted ``changes``
+    (``{"train.batch_size": 32}``), tiny prepared data (96 training, 64 test images), a store of its own."""
+    from conftest import write_fashion_mnist
+
+    from vae.data import read_split
+    from vae.pipeline import paths
+    from vae.storage import save_prepared
+
+    source = write_fashion_mnist(folder / "idx", n_train=96, n_test=64)
+    root = folder / "project"
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    set_params(root / "params.yaml", **changes)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    save_prepared(read_split(source, "train"), paths.PREPARED_TRAIN)
+    save_prepared(read_split(source, "test"), paths.PREPARED_TEST)
+    return root
+
+
 def mlflow_runs(tracking_uri: str, experiment_name: str = EXPERIMENT) -> tuple[list, object]:
     """Every run of the project's experiment in the store at ``tracking_uri``, and a client of that store."""
     import mlflow

@@ -60,6 +60,8 @@ def with_change(path: str, value):
         ),
         ("train.precision", "fp16", r"train.precision = 'fp16' is not allowed: it must be one of auto, fp32, bf16"),
         ("classifier.min_accuracy", 1.5, r"classifier.min_accuracy = 1.5 is out of range: it must be <= 1"),
+        ("mlflow.log_images_every", -1, r"mlflow.log_images_every = -1 is out of range: it must be >= 0"),
+        ("mlflow.log_images_every", 0.5, r"mlflow.log_images_every = 0.5 is not an integer"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(key: str, value, message: str) -> None:

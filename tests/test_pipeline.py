@@ -145,6 +145,7 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     # where results are tracked retrains nothing (a resumable state would be thrown away)
     assert stages_to_rerun(project, env, **{"mlflow.system_metrics": False}) == set()
     assert stages_to_rerun(project, env, **{"mlflow.experiment_name": "elsewhere"}) == set()
+    assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
 def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,15 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
+from project import prepared_project
 
 from vae.classifier import FashionClassifier, save_classifier
 from vae.config import load_params
-from vae.data import DataError, read_split
+from vae.data import DataError
 from vae.errors import UserError, run_command
 from vae.model import VAE
 from vae.pipeline import evaluate, generate, paths
-from vae.storage import save_model, save_prepared
+from vae.storage import save_model
 from vae.tracking.store import write_run_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,17 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder with tiny params, prepared data, an untrained model and classifier, as cwd."""
-    source = write_fashion_mnist(tmp_path / "idx", n_train=96, n_test=64)
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["evaluate"].update(iw_samples=4, fd_samples=64, batch_size=32)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    save_prepared(read_split(source, "train"), paths.PREPARED_TRAIN)
-    save_prepared(read_split(source, "test"), paths.PREPARED_TEST)
+    evaluate = {"evaluate.iw_samples": 4, "evaluate.fd_samples": 64, "evaluate.batch_size": 32}
+    root = prepared_project(tmp_path, monkeypatch, **evaluate)
     torch.manual_seed(0)
     save_model(VAE(latent_dim=2), paths.MODEL)
     save_classifier(FashionClassifier(), paths.CLASSIFIER)

@@ -124,6 +124,7 @@ class MlflowParams(_Section):
     experiment_name: Text
     system_metrics: bool  # log CPU, memory (and GPU) use during training as system/* metrics
     registered_model: Text | None  # each training run's models become new versions of it (null: not registered)
+    log_images_every: Annotated[int, Field(ge=0)]  # samples and reconstructions after every N-th epoch (0: never)
 
 
 class Params(_Section):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
@@ -166,6 +167,13 @@ def visualize_samples(
     fig = _image_figure(grid, (1.2 * cols, 1.2 * rows + (0.4 if title else 0)), title)
     save_figure(fig, save_path, bbox_inches="tight")
     return fig
+
+
+def grid_picture(images: torch.Tensor, per_row: int) -> np.ndarray:
+    """Images (N, 1, H, W) in [0, 1] tiled ``per_row`` to a row, 2-pixel white borders, as an 8-bit
+    grayscale picture (H', W') uint8: each pixel the image's value × 255, rounded."""
+    grid = make_grid(images.detach().cpu().float(), nrow=per_row, padding=2, pad_value=1.0)[0]
+    return grid.mul(255).round().to(torch.uint8).numpy()
 
 
 @torch.inference_mode()

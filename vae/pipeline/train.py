@@ -34,6 +34,7 @@ from vae.pipeline.resume import (
 )
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
+from vae.tracking.epoch_images import EpochImages, logged_image_steps
 from vae.tracking.registry import log_models
 from vae.tracking.store import (
     GIT_COMMIT_TAG,
@@ -167,6 +168,7 @@ def train_pipeline(
     if state is not None:
         training.resume(state)
         run_id = state.run_id
+    images = EpochImages.for_run(params, test.images)  # the same codes and test images every epoch
 
     setup_experiment(params.mlflow.experiment_name)
     name = None if run_id else run_name("train", params.beta, params.latent_dim)
@@ -187,12 +189,17 @@ def train_pipeline(
             log_dataset(test, prepared_files[1], "testing")
         else:
             _log_missing_epochs(run_id, training.history, params.beta_at)
+            # the state is saved before the pictures: a kill in between leaves its epoch's to log now
+            if images.due(state.epoch) and state.epoch not in logged_image_steps(mlflow.MlflowClient(), run_id):
+                images.log(model, state.epoch)
         print(f"train: {len(train)} images on {device} ({precision}), MLflow run {run.info.run_id}")
 
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             with interrupts_deferred():
                 save_state(training.state(run_fingerprint, epoch, run.info.run_id), state_file)
                 mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
+                if images.due(epoch):
+                    images.log(model, epoch)
 
         history = training.run(end_of_epoch)
         save_model(model, paths.MODEL)

@@ -42,6 +42,7 @@ from vae.pipeline.resume import TrainState
 from vae.pipeline.train import start_training
 from vae.storage import load_model, load_prepared, save_model
 from vae.sweep.spec import EPOCH_METRIC, EVALUATION_PREFIX, Sweep, SweepError
+from vae.tracking.epoch_images import EpochImages
 from vae.tracking.registry import best_first, log_models
 from vae.tracking.store import (
     GIT_COMMIT_TAG,
@@ -166,6 +167,7 @@ def _train_and_evaluate(
         training.resume(state)
         client.set_tag(run_id, "resumed_after_epoch", str(state.epoch))
     logged = logged_epochs(client, run_id)  # by an attempt that died after logging
+    images = EpochImages.for_run(params, setup.test.images)  # a trial's pictures, as the train stage's
 
     def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
         metrics = metrics | {
@@ -174,6 +176,8 @@ def _train_and_evaluate(
         }
         if epoch not in logged:
             mlflow.log_metrics(metrics, step=epoch)
+            if images.due(epoch):
+                images.log(training.model, epoch)
         report = metrics | {"epoch": epoch, "mlflow_run_id": run_id}
         if epoch == params.epochs:
             # everything final happens before the last report: the scheduler may stop the trial right after it
