@@ -31,7 +31,7 @@ from vae.storage import load_model, load_prepared, save_model
 from vae.sweep.spec import load_sweep
 from vae.sweep.tune import check_reachable
 from vae.tracking.registry import Candidate, rank
-from vae.tracking.server import LocalPostgres
+from vae.tracking.server import STORE_URI_VAR, LocalPostgres, store_uri
 from vae.tracking.store import check_database, check_tracking_store, read_run_id
 from vae.trainer import NonFiniteLossError
 
@@ -160,7 +160,7 @@ def _unreachable_database(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _wrong_password(tmp: Path, postgres: LocalPostgres) -> None:
-    check_database(postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong"), "--backend-store-uri")
+    check_database(postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong"), STORE_URI_VAR)
 
 
 def _promote_by(metric: str) -> Callable:
@@ -217,6 +217,7 @@ REPRODUCE: dict[str, Callable] = {
     "`MLFLOW_TRACKING_URI` that is not an MLflow server": _not_mlflow,
     "unreachable database in `MLFLOW_TRACKING_URI`": _unreachable_database,
     "wrong database password (`vae.tracking.server`)": _wrong_password,
+    "a password in `--backend-store-uri`": lambda tmp: store_uri("postgresql://mlflow:s3cret@db:5432/mlflow"),
     "`python -m vae.tracking.promote --metric eval_fid`": _promote_by("eval_fid"),
     "`python -m vae.tracking.promote --metric test_loss`": _promote_by("test_loss"),
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,

@@ -304,8 +304,9 @@ def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres:
     wrong = postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong-password")
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "vae.tracking.server", "--backend-store-uri", wrong]
+        [sys.executable, "-m", "vae.tracking.server"]
         + ["--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port)],
+        env=os.environ | {"MLFLOW_BACKEND_STORE_URI": wrong},  # as the docs say: the password never in argv
         capture_output=True,
         text=True,
         timeout=120,
@@ -313,9 +314,38 @@ def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres:
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"tracking_server: error: cannot use database postgresql://mlflow:***@127.0.0.1:{postgres.port}/mlflow "
-        f'(from --backend-store-uri): connection to server at "127.0.0.1", port {postgres.port} failed: '
+        f'(from MLFLOW_BACKEND_STORE_URI): connection to server at "127.0.0.1", port {postgres.port} failed: '
         'FATAL: password authentication failed for user "mlflow"'
     )
+
+
+def test_a_password_on_the_command_line_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    uri = "postgresql://mlflow:s3cret@127.0.0.1:5432/mlflow"
+    command = [sys.executable, "-m", "vae.tracking.server", "--backend-store-uri", uri]
+    result = subprocess.run(
+        command + ["--artifacts-destination", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        "tracking_server: error: --backend-store-uri postgresql://mlflow:***@127.0.0.1:5432/mlflow holds a password"
+    )
+    assert "export MLFLOW_BACKEND_STORE_URI=" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_the_database_password_is_in_no_command_line_and_no_log(server: TrackingServer) -> None:
+    """`ps` shows every user each process's command line: the server's password must be in none of them."""
+    password = (server.data_dir / "password").read_text().strip()
+    assert len(password) >= 16
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # a process that ended meanwhile
+            continue
+    ours = [line for line in lines if "mlflow" in line and "server" in line]
+    assert ours, "the tracking server's processes were not found"  # the check looks where they are
+    assert not [line for line in lines if password in line]
+    assert password not in (server.data_dir.parent / "server.log").read_text()
 
 
 @pytest.mark.slow

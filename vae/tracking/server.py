@@ -10,17 +10,17 @@ runs ``pg_ctl start`` on ``127.0.0.1:--pg-port``, ``createdb mlflow`` when the
 database is missing, and the MLflow server. Artifacts go to
 ``DATA_DIR/artifacts``. Ctrl-C (or SIGTERM) stops both.
 
-With an existing PostgreSQL and S3-compatible artifact storage::
+With an existing PostgreSQL and S3-compatible artifact storage, the URI and its
+password in the environment (a command line is visible to every user in ``ps``)::
 
-    python -m vae.tracking.server \\
-        --backend-store-uri postgresql://mlflow:PASSWORD@db.example.com:5432/mlflow \\
-        --artifacts-destination s3://my-bucket/mlflow --host 0.0.0.0 --port 5000
+    export MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:PASSWORD@db.example.com:5432/mlflow
+    python -m vae.tracking.server --artifacts-destination s3://my-bucket/mlflow --host 0.0.0.0 --port 5000
 
 Either way the database is checked first (an unreachable server, a wrong
 password or a missing database is one line naming the URI), then this runs
 MLflow's documented production set-up::
 
-    mlflow server --backend-store-uri URI --artifacts-destination DEST --host HOST --port PORT
+    MLFLOW_BACKEND_STORE_URI=URI mlflow server --artifacts-destination DEST --host HOST --port PORT
 
 Artifacts are proxied: runs record ``mlflow-artifacts:`` URIs and clients
 upload and download through the server, so a trainer's machine needs only
@@ -198,15 +198,20 @@ class LocalPostgres:
             )
 
 
-def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, host: str, port: int) -> list[str]:
-    """MLflow's production set-up: runs in the database, artifacts proxied to ``artifacts_destination``."""
+# MLflow's own variable for ``mlflow server --backend-store-uri``: the URI, password included, reaches the
+# server through its environment, which only its user can read, never through its command line, which `ps`
+# shows every local user
+STORE_URI_VAR = "MLFLOW_BACKEND_STORE_URI"
+
+
+def mlflow_server_command(artifacts_destination: str, host: str, port: int) -> list[str]:
+    """MLflow's production set-up, artifacts proxied to ``artifacts_destination``; the database URI
+    goes in ``STORE_URI_VAR`` (see :func:`serve`)."""
     return [
         sys.executable,
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        backend_store_uri,
         "--artifacts-destination",
         artifacts_destination,
         "--host",
@@ -216,13 +221,15 @@ def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, ho
     ]
 
 
-def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: int) -> int:
+def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: int, source: str) -> int:
     """Check the database, then run ``mlflow server`` until it exits or this process is told to stop.
 
-    Returns the server's exit status (0 after Ctrl-C or SIGTERM).
+    ``source`` says where the URI came from, for the messages. Returns the server's exit status
+    (0 after Ctrl-C or SIGTERM).
     """
-    check_database(backend_store_uri, "--backend-store-uri")
-    server = subprocess.Popen(mlflow_server_command(backend_store_uri, artifacts_destination, host, port))
+    check_database(backend_store_uri, source)
+    environment = os.environ | {STORE_URI_VAR: backend_store_uri}
+    server = subprocess.Popen(mlflow_server_command(artifacts_destination, host, port), env=environment)
     address = socket.gethostname() if host in ("0.0.0.0", "::") else host
     print(
         f"tracking_server: MLflow on http://{address}:{port} (runs in {redact(backend_store_uri)}, "
@@ -242,14 +249,36 @@ def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: i
     return 0 if status in (0, -signal.SIGTERM, -signal.SIGINT) else status
 
 
+def store_uri(flag: str | None) -> tuple[str | None, str]:
+    """The existing database to use and where it was named: ``--backend-store-uri`` (no password
+    allowed there), else ``MLFLOW_BACKEND_STORE_URI``; (None, "") for neither.
+
+    Raises:
+        ServerError: the flag holds a password, which every local user would read in ``ps``.
+    """
+    if flag:
+        if redact(flag) != flag:
+            raise ServerError(
+                f"--backend-store-uri {redact(flag)} holds a password, which every user of this machine sees in "
+                f"`ps`: export {STORE_URI_VAR}=… instead (or keep it in a file of mode 0600 and "
+                f'export {STORE_URI_VAR}="$(cat FILE)")'
+            )
+        return flag, "--backend-store-uri"
+    value = os.environ.get(STORE_URI_VAR)
+    return (value, STORE_URI_VAR) if value else (None, "")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m vae.tracking.server",
         description="An MLflow tracking server on PostgreSQL with proxied artifacts, for a team.",
     )
-    where = parser.add_mutually_exclusive_group(required=True)
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--data-dir", type=Path, help="run a PostgreSQL of its own in this folder, artifacts beside it")
-    where.add_argument("--backend-store-uri", help="an existing database: postgresql://USER:PASSWORD@HOST:PORT/DB")
+    where.add_argument(
+        "--backend-store-uri",
+        help=f"an existing database without a password in it (one with a password: export {STORE_URI_VAR})",
+    )
     parser.add_argument(
         "--artifacts-destination", help="a folder or s3://bucket/prefix (default with --data-dir: DATA_DIR/artifacts)"
     )
@@ -257,21 +286,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000, help="MLflow's port (default 5000)")
     parser.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL's port with --data-dir (default 5432)")
     args = parser.parse_args(argv)
-    if args.backend_store_uri and not args.artifacts_destination:
-        parser.error("--backend-store-uri needs --artifacts-destination (a folder or s3://bucket/prefix)")
+    if args.data_dir is None and not (args.backend_store_uri or os.environ.get(STORE_URI_VAR)):
+        parser.error(f"give --data-dir, or an existing database in {STORE_URI_VAR} (or --backend-store-uri)")
+    if args.data_dir is None and not args.artifacts_destination:
+        parser.error("an existing database needs --artifacts-destination (a folder or s3://bucket/prefix)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        if args.backend_store_uri:
-            sys.exit(serve(args.backend_store_uri, args.artifacts_destination, args.host, args.port))
+        if args.data_dir is None:
+            uri, source = store_uri(args.backend_store_uri)
+            sys.exit(serve(uri, args.artifacts_destination, args.host, args.port, source))
         postgres = LocalPostgres(args.data_dir, args.pg_port)
         postgres.start()
         try:
             destination = args.artifacts_destination or str(postgres.data_dir / "artifacts")
-            status = serve(postgres.uri, destination, args.host, args.port)
+            status = serve(postgres.uri, destination, args.host, args.port, f"{args.data_dir}'s database")
         finally:
             postgres.stop()
         sys.exit(status)
