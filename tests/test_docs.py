@@ -309,7 +309,7 @@ def check_command(words: list[str]) -> None:
             listed = help_text(sys.executable, str(REPO / script))
             assert all(flag in listed for flag in flags), f"{script}: {flags} not all in its --help"
     elif program in ("dvc", "mlflow", "ray"):
-        sub = [w for w in args[: next((i for i, w in enumerate(args) if not w.isalpha()), len(args))]]
+        sub = args[: next((i for i, w in enumerate(args) if not re.fullmatch(r"[a-z][a-z-]*", w)), len(args))]
         listed = help_text(program, *sub)
         for flag in flags:
             assert re.search(rf"(^|[\s,[]){re.escape(flag)}\b", listed), f"{program} {' '.join(sub)}: no {flag}"

@@ -218,6 +218,13 @@ def ray_address(flag: str | None) -> str | None:
 SINGLE_MACHINE_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+# Ray (2.59 and later) turns token authentication on for the clusters `ray start` creates
+TOKEN_HINT = (
+    "export RAY_AUTH_MODE=token and put the cluster's token (`ray get-auth-token` on the head) in "
+    "~/.ray/auth_token, or name its file in RAY_AUTH_TOKEN_PATH"
+)
+
+
 def keep_local_ray_on_loopback() -> None:
     """Make the Ray this process starts listen on 127.0.0.1, not on the machine's network address, where
     every host that reaches it could join. Before Ray is imported: Ray reads the switch once, at import."""
@@ -246,11 +253,18 @@ def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (see :func:`check_reachable`), or start Ray on this machine
     (on 127.0.0.1 only: see :func:`keep_local_ray_on_loopback`)."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    except AuthenticationError:
+        raise SweepError(
+            f"RAY_ADDRESS={address}: token authentication is on but this machine has no Ray token: {TOKEN_HINT}"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SweepError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({_one_line(err)})") from None
+        # the address answered (check_reachable): a refusal is most often a token this driver lacks
+        hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else f"; if the cluster uses tokens, {TOKEN_HINT}"
+        raise SweepError(f"RAY_ADDRESS={address}: cannot join the Ray cluster ({_one_line(err)}){hint}") from None
 
 
 def check_cluster(sweep: Sweep, uri: str) -> list[dict[str, Any]]:
