@@ -61,6 +61,8 @@ def with_change(path: str, value):
         ("train.precision", "fp16", r"train.precision = 'fp16' is not allowed: it must be one of auto, fp32, bf16"),
         ("classifier.min_accuracy", 1.5, r"classifier.min_accuracy = 1.5 is out of range: it must be <= 1"),
         ("mlflow.log_images_every", -1, r"mlflow.log_images_every = -1 is out of range: it must be >= 0"),
+        ("train.lr_schedule", "step", r"train.lr_schedule = 'step' is not allowed: it must be one of constant, cosin"),
+        ("train.lr_warmup", 1, r"train.lr_warmup = 1.0 is out of range: it must be < 1"),
         ("mlflow.log_images_every", 0.5, r"mlflow.log_images_every = 0.5 is not an integer"),
     ],
 )

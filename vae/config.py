@@ -25,6 +25,8 @@ PARAMS_FILE = Path("params.yaml")
 
 # train.precision: "auto" (bf16 autocast on CPUs that compute bf16 natively, else fp32), "fp32" or "bf16"
 PRECISIONS = ("auto", "fp32", "bf16")
+# train.lr_schedule: PyTorch's schedulers, stepped per batch (see vae.trainer.make_scheduler)
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 class ParamsError(UserError, ValueError):
@@ -77,6 +79,9 @@ class TrainParams(_Section):
     lr: Annotated[Number, Field(gt=0)]
     batch_size: Annotated[int, Field(ge=1)]
     seed: Annotated[int, Field(ge=0)]
+    lr_schedule: Literal[LR_SCHEDULES]  # stepped per batch: see vae.trainer.make_scheduler
+    lr_min: Annotated[Number, Field(ge=0)]  # cosine: the lr at the last step
+    lr_warmup: Annotated[Number, Field(gt=0, lt=1)]  # onecycle: the fraction of the steps that rises to lr
     precision: Literal[PRECISIONS]  # see vae.trainer.resolve_precision
     device: Annotated[str, AfterValidator(_device_name)]  # auto, cpu, cuda or cuda:N (see vae.utils.get_device)
 

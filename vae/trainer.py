@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from vae.config import PRECISIONS
+from vae.config import LR_SCHEDULES, PRECISIONS
 from vae.errors import UserError
 from vae.loss import DEFAULT_BETA, VAELoss, vae_loss_from_logits, vae_loss_function
 from vae.model import VAE
@@ -99,6 +99,30 @@ def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    total_steps: int,
+    lr_min: float = 0.0,
+    warmup: float = 0.3,
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """PyTorch's learning-rate schedule ``kind`` over ``total_steps`` optimizer steps, stepped per batch.
+
+    - ``constant``: None, the optimizer's lr throughout (no scheduler, so no arithmetic changes);
+    - ``cosine``: ``CosineAnnealingLR`` from the optimizer's lr down to ``lr_min`` at the last step;
+    - ``onecycle``: ``OneCycleLR`` with the optimizer's lr as its peak, reached after the fraction
+      ``warmup`` of the steps, then annealed (cosine) to ``lr / 25 / 10⁴``, PyTorch's defaults.
+    """
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {kind!r}")
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=lr_min)
+    peak = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warmup)
+
+
 def _progress(batches: Iterable, desc: str, enabled: bool | None) -> tqdm:
     total = len(batches) if isinstance(batches, Sized) else None
     return tqdm(
@@ -117,8 +141,12 @@ def train_one_epoch(
     desc: str | None = None,
     refresh_every: int = 20,
     precision: str = "fp32",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> LossBreakdown:
     """One pass over ``batches``; returns the epoch's per-image average losses.
+
+    ``scheduler``, if any, is stepped after every optimizer step (a per-batch
+    schedule, see :func:`make_scheduler`).
 
     ``precision="bf16"`` runs the forward pass under bfloat16 autocast (the
     backward pass follows it; on the CPU the convolutions' weight gradients are
@@ -159,6 +187,8 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
 
             detached = torch.stack(terms).detach()
             first_bad_step = torch.where(
@@ -218,6 +248,7 @@ def train_vae_model(
     val_prefix: str = "val_",
     history: dict[str, list[float]] | None = None,
     precision: str = "fp32",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
@@ -239,6 +270,7 @@ def train_vae_model(
         history: the earlier epochs' history, extended in place (to continue a run).
         precision: "fp32", "bf16" for bfloat16 autocast in training (see :func:`train_one_epoch`),
             or "auto" (:func:`resolve_precision`); evaluation always runs in float32.
+        scheduler: a learning-rate schedule stepped after every batch (:func:`make_scheduler`).
 
     Returns:
         History: a list of per-epoch values under each key of ``metrics``.
@@ -264,6 +296,7 @@ def train_vae_model(
             progress,
             desc=f"epoch {epoch}/{epochs}",
             precision=precision,
+            scheduler=scheduler,
         )
         metrics = train.as_dict()
         if val_loader is not None:

@@ -58,6 +58,7 @@ class TrainState:
     rng: dict[str, Any]
     history: dict[str, list[float]]
     run_id: str
+    scheduler: dict[str, Any] | None = None  # the lr schedule's state, where there is one
 
 
 def fingerprint(settings: dict[str, Any], files: list[Path]) -> str:

@@ -50,7 +50,7 @@ from vae.tracking.store import (
     ui_link,
     write_run_id,
 )
-from vae.trainer import configure_performance, make_optimizer, resolve_precision, train_vae_model
+from vae.trainer import configure_performance, make_optimizer, make_scheduler, resolve_precision, train_vae_model
 from vae.utils import DeviceError, get_device, set_seed
 
 
@@ -84,6 +84,7 @@ class Training:
     train_batches: TensorBatches
     test_batches: TensorBatches
     precision: str  # "fp32" or "bf16", as train.precision resolves on the device
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None  # train.lr_schedule, stepped per batch (None: constant)
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics so far
     start_epoch: int = 1  # the first epoch :meth:`run` trains
 
@@ -91,14 +92,22 @@ class Training:
         """Everything needed to continue after ``epoch`` (see :mod:`vae.pipeline.resume`)."""
         rng = rng_state(self.train_batches.generator)
         model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
-        return TrainState(run_fingerprint, epoch, model, optimizer, rng, self.history, run_id)
+        schedule = self.scheduler.state_dict() if self.scheduler is not None else None
+        return TrainState(run_fingerprint, epoch, model, optimizer, rng, self.history, run_id, schedule)
 
     def resume(self, state: TrainState) -> None:
         """Continue after ``state``'s epoch: its weights, optimizer, random generators and history."""
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         restore_rng(state.rng, self.train_batches.generator)
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)  # the schedule goes on where it stopped
         self.history, self.start_epoch = state.history, state.epoch + 1
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return self.optimizer.param_groups[0]["lr"]
 
     def run(self, on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
         """Train to ``params.epochs``, testing after each epoch (``test_*`` metrics); returns the history."""
@@ -116,6 +125,7 @@ class Training:
             history=self.history,
             on_epoch_end=on_epoch_end,
             precision=self.precision,
+            scheduler=self.scheduler,
         )
 
 
@@ -134,14 +144,20 @@ def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTS
     precision = resolve_precision(params.train.precision, device)
     model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
     fast_cpu.enable(model)  # on the CPU, faster convolutions with the same weights (a no-op on CUDA)
+    optimizer = make_optimizer(model, params.train.lr)
+    train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
+    total_steps = params.epochs * len(train_batches)
+    schedule = params.train
+    scheduler = make_scheduler(optimizer, schedule.lr_schedule, total_steps, schedule.lr_min, schedule.lr_warmup)
     return Training(
         params,
         device,
         model,
-        make_optimizer(model, params.train.lr),
-        TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device),
+        optimizer,
+        train_batches,
         TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device),
         precision,
+        scheduler,
     )
 
 
@@ -197,7 +213,7 @@ def train_pipeline(
         def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
             with interrupts_deferred():
                 save_state(training.state(run_fingerprint, epoch, run.info.run_id), state_file)
-                mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch)}, step=epoch)
+                mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch), "lr": training.lr}, step=epoch)
                 if images.due(epoch):
                     images.log(model, epoch)
 

@@ -173,6 +173,7 @@ def _train_and_evaluate(
         metrics = metrics | {
             EPOCH_METRIC: PIXELS * metrics["test_reconstruction_loss"] + metrics["test_kl_loss"],
             "beta": params.beta_at(epoch),
+            "lr": training.lr,
         }
         if epoch not in logged:
             mlflow.log_metrics(metrics, step=epoch)
