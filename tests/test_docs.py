@@ -32,7 +32,7 @@ from vae.sweep.spec import load_sweep
 from vae.sweep.tune import check_reachable
 from vae.tracking.registry import Candidate, rank
 from vae.tracking.server import STORE_URI_VAR, LocalPostgres, store_uri
-from vae.tracking.store import check_database, check_tracking_store, read_run_id
+from vae.tracking.store import TrackingError, check_database, check_tracking_store, read_run_id, refused
 from vae.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,6 +192,18 @@ def _sweep(spec: dict) -> Callable[[Path], None]:
     return reproduce
 
 
+def _refused(status: int, env: dict[str, str], what: str = "") -> Callable:
+    """The refusal of a server with authentication, as the stages report it (tests/test_team.py meets the real one)."""
+
+    def reproduce(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        raise TrackingError(refused("http://127.0.0.1:5000", status, what))
+
+    return reproduce
+
+
 REPRODUCE: dict[str, Callable] = {
     "`epochs: ten`": lambda tmp: _params_with(tmp, _set("epochs", "ten")),
     "`beta: high`": lambda tmp: _params_with(tmp, _set("beta", "high")),
@@ -217,6 +229,9 @@ REPRODUCE: dict[str, Callable] = {
     "`MLFLOW_TRACKING_URI` that is not an MLflow server": _not_mlflow,
     "unreachable database in `MLFLOW_TRACKING_URI`": _unreachable_database,
     "wrong database password (`vae.tracking.server`)": _wrong_password,
+    "a server with authentication, no `MLFLOW_TRACKING_USERNAME`": _refused(401, {}),
+    "a wrong `MLFLOW_TRACKING_PASSWORD`": _refused(401, {"MLFLOW_TRACKING_USERNAME": "admin"}),
+    "a READ user trains": _refused(403, {"MLFLOW_TRACKING_USERNAME": "reader"}, "write runs or models there"),
     "a password in `--backend-store-uri`": lambda tmp: store_uri("postgresql://mlflow:s3cret@db:5432/mlflow"),
     "`python -m vae.tracking.promote --metric eval_fid`": _promote_by("eval_fid"),
     "`python -m vae.tracking.promote --metric test_loss`": _promote_by("test_loss"),

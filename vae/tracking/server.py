@@ -204,38 +204,87 @@ class LocalPostgres:
 STORE_URI_VAR = "MLFLOW_BACKEND_STORE_URI"
 
 
-def mlflow_server_command(artifacts_destination: str, host: str, port: int) -> list[str]:
-    """MLflow's production set-up, artifacts proxied to ``artifacts_destination``; the database URI
-    goes in ``STORE_URI_VAR`` (see :func:`serve`)."""
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--artifacts-destination",
-        artifacts_destination,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ADMIN = "admin"
 
 
-def serve(backend_store_uri: str, artifacts_destination: str, host: str, port: int, source: str) -> int:
+def _secret(path: Path) -> str:
+    """The secret kept in ``path`` (mode 0600), made (random, 32 bytes) the first time."""
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def authentication(folder: Path) -> dict[str, str]:
+    """MLflow's basic-auth app kept in ``folder/auth`` (made 0700, every file 0600); returns the
+    environment ``mlflow server --app-name basic-auth`` reads it from.
+
+    The first start generates the admin's password (``auth/admin_password``, never MLflow's
+    sample one) and the Flask secret key; users and their permissions go to
+    ``auth/basic_auth.db``. Users see every experiment and model (READ) unless given more.
+    """
+    auth = folder / "auth"
+    auth.mkdir(mode=0o700, parents=True, exist_ok=True)
+    auth.chmod(0o700)
+    password, key = _secret(auth / "admin_password"), _secret(auth / "flask_secret_key")
+    database = auth / "basic_auth.db"
+    if not database.exists():  # SQLite keeps the mode of a file it is given, and its journals take it
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    config = auth / "basic_auth.ini"
+    settings = (
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{database}\nadmin_username = {ADMIN}\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(settings)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
+
+
+def mlflow_server_command(artifacts_destination: str, host: str, port: int, auth: bool = False) -> list[str]:
+    """MLflow's production set-up, artifacts proxied to ``artifacts_destination``, with its basic-auth
+    app when ``auth``; the database URI and the auth settings go in its environment (see :func:`serve`)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--artifacts-destination", artifacts_destination]
+    return command + ["--host", host, "--port", str(port)] + (["--app-name", "basic-auth"] if auth else [])
+
+
+def serve(
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str,
+    port: int,
+    source: str,
+    auth_folder: Path | None = None,
+) -> int:
     """Check the database, then run ``mlflow server`` until it exits or this process is told to stop.
 
-    ``source`` says where the URI came from, for the messages. Returns the server's exit status
-    (0 after Ctrl-C or SIGTERM).
+    ``source`` says where the URI came from, for the messages; ``auth_folder``, when given, turns
+    on MLflow's authentication with its state kept there (:func:`authentication`). Returns the
+    server's exit status (0 after Ctrl-C or SIGTERM).
     """
     check_database(backend_store_uri, source)
     environment = os.environ | {STORE_URI_VAR: backend_store_uri}
-    server = subprocess.Popen(mlflow_server_command(artifacts_destination, host, port), env=environment)
+    if auth_folder is not None:
+        environment |= authentication(auth_folder)
+    command = mlflow_server_command(artifacts_destination, host, port, auth=auth_folder is not None)
+    server = subprocess.Popen(command, env=environment)
     address = socket.gethostname() if host in ("0.0.0.0", "::") else host
     print(
         f"tracking_server: MLflow on http://{address}:{port} (runs in {redact(backend_store_uri)}, "
         f"artifacts in {artifacts_destination}); clients: export MLFLOW_TRACKING_URI=http://{address}:{port}",
         flush=True,
     )
+    if auth_folder is not None:
+        secret = auth_folder / "auth" / "admin_password"
+        print(
+            f"tracking_server: authentication on (MLflow's basic-auth): user {ADMIN}, password in {secret}; "
+            "trainers: export MLFLOW_TRACKING_USERNAME=NAME MLFLOW_TRACKING_PASSWORD=PASSWORD "
+            "(adding users: docs/team.md)",
+            flush=True,
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.terminate()
@@ -285,7 +334,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=5000, help="MLflow's port (default 5000)")
     parser.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL's port with --data-dir (default 5432)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="MLflow's authentication (users, passwords, permissions); always on with a --host beyond loopback",
+    )
+    parser.add_argument("--auth-dir", type=Path, help="where authentication keeps its state (default: --data-dir)")
     args = parser.parse_args(argv)
+    args.auth = args.auth or args.host not in LOOPBACK
+    args.auth_dir = args.auth_dir or args.data_dir
+    if args.auth and args.auth_dir is None:
+        parser.error("authentication keeps its users and secrets in a folder: give --data-dir or --auth-dir")
     if args.data_dir is None and not (args.backend_store_uri or os.environ.get(STORE_URI_VAR)):
         parser.error(f"give --data-dir, or an existing database in {STORE_URI_VAR} (or --backend-store-uri)")
     if args.data_dir is None and not args.artifacts_destination:
@@ -298,12 +357,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.data_dir is None:
             uri, source = store_uri(args.backend_store_uri)
-            sys.exit(serve(uri, args.artifacts_destination, args.host, args.port, source))
+            auth = args.auth_dir if args.auth else None
+            sys.exit(serve(uri, args.artifacts_destination, args.host, args.port, source, auth))
         postgres = LocalPostgres(args.data_dir, args.pg_port)
         postgres.start()
         try:
             destination = args.artifacts_destination or str(postgres.data_dir / "artifacts")
-            status = serve(postgres.uri, destination, args.host, args.port, f"{args.data_dir}'s database")
+            auth = args.auth_dir if args.auth else None
+            status = serve(postgres.uri, destination, args.host, args.port, f"{args.data_dir}'s database", auth)
         finally:
             postgres.stop()
         sys.exit(status)

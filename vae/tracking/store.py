@@ -24,6 +24,7 @@ datasets (:func:`log_dataset`).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -128,14 +129,20 @@ def _check_server(uri: str, source: str, timeout: float) -> None:
     import urllib.request
 
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url)
+    user, password = os.environ.get(USER_VAR), os.environ.get(PASSWORD_VAR)
+    if user and password:  # what MLflow's own client sends to a server with authentication
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as err:
         if err.code in (404, 405):
             raise TrackingError(
                 f"{uri} (from {source}) is not an MLflow tracking server: HTTP {err.code} for MLflow's API ({url})"
             ) from None
+        if err.code in (401, 403):
+            raise TrackingError(refused(uri, err.code)) from None
         detail = _error_message(err.read())
         raise TrackingError(
             f"MLflow tracking server {uri} (from {source}) answered HTTP {err.code}{': ' + detail if detail else ''}"
@@ -151,6 +158,22 @@ def _check_server(uri: str, source: str, timeout: float) -> None:
         raise TrackingError(
             f"{uri} (from {source}) is not an MLflow tracking server: its answer to MLflow's API ({url}) is not JSON"
         )
+
+
+# MLflow's client sends these as HTTP basic authentication to a server with its auth app on
+USER_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def refused(uri: str, status: int, what: str = "") -> str:
+    """One line for a server that refused this client (HTTP 401 or 403): what to set, or to ask for."""
+    user = os.environ.get(USER_VAR)
+    if status == 401 and not user:
+        fix = f"it has authentication on: export {USER_VAR}=NAME {PASSWORD_VAR}=PASSWORD (an account its admin made)"
+    elif status == 401:
+        fix = f"it refused user {user}'s password: check {USER_VAR} and {PASSWORD_VAR}"
+    else:
+        fix = f"user {user} may not {what or 'do this'}: ask the server's admin for EDIT on the experiment or model"
+    return f"MLflow tracking server {uri} (from MLFLOW_TRACKING_URI) answered HTTP {status}: {fix}"
 
 
 def _error_message(body: bytes) -> str:
@@ -189,24 +212,34 @@ def lost_server_reported(what_is_kept: str) -> Iterator[None]:
 
     Inside the block, an MLflow or HTTP error while the server no longer
     answers becomes a :class:`TrackingError` naming the server and saying
-    ``what_is_kept``; any other error passes through unchanged.
+    ``what_is_kept``; a refusal by the server's authentication one naming what
+    to set or ask for; any other error passes through unchanged.
     """
     import mlflow
     import requests
 
     try:
         yield
-    except (mlflow.exceptions.MlflowException, requests.exceptions.RequestException):
+    except (mlflow.exceptions.MlflowException, requests.exceptions.RequestException) as err:
         uri = mlflow.get_tracking_uri()
         if not is_server(uri):
             raise
+        code = getattr(err, "error_code", None)
+        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):  # the server's auth app said no
+            status = 403 if code == "PERMISSION_DENIED" else 401
+            raise TrackingError(refused(uri, status, "write runs or models there")) from None
+        _report_lost(uri, what_is_kept)
+        raise
+
+
+def _report_lost(uri: str, what_is_kept: str) -> None:
+    """Raise a one-line :class:`TrackingError` when the server at ``uri`` no longer answers; else return."""
+    try:
+        check_tracking_store(uri)
+    except TrackingError as lost:
         # the run's own background threads would report the same loss again, as warnings
         logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
-        try:
-            check_tracking_store(uri)
-        except TrackingError as lost:
-            raise TrackingError(f"{lost}; {what_is_kept}") from None
-        raise
+        raise TrackingError(f"{lost}; {what_is_kept}") from None
 
 
 def logged_epochs(client: mlflow.MlflowClient, run_id: str) -> set[int]:
