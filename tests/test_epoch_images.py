@@ -146,6 +146,8 @@ def test_mlflow_s_ui_shows_the_run_s_pictures_and_its_step_slider_changes_them(
             browser = playwright.chromium.launch(executable_path=chromium_or_fail(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(page_url + "?workflowType=machine_learning")
+            # only the pictures' card: the UI renders cards below the fold only once scrolled to
+            page.get_by_placeholder("Search metric charts").fill("samples")
             card = page.locator(
                 '[data-testid="experiment-view-compare-runs-card"]', has=page.locator('h4[title="samples"]')
             )

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,20 @@ def processes_in(netns: str) -> list[int]:
     return found
 
 
+def stop_what_is_left(netns: str, grace: float = 30) -> list[int]:
+    """The processes of ``netns`` still alive ``grace`` seconds after the script's own kill -9 (which
+    takes a moment to land), SIGKILLed by id; an empty list when the script stopped everything."""
+    deadline = time.monotonic() + grace
+    while (left := processes_in(netns)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended meanwhile
+            pass
+    return left
+
+
 def test_the_documented_ray_start_cluster_with_token_auth_runs_a_sweep(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.fail("this test needs `unshare -n` (util-linux) and the right to make a network namespace (root)")
@@ -93,9 +108,7 @@ def test_the_documented_ray_start_cluster_with_token_auth_runs_a_sweep(tmp_path:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
         netns = (root / "netns.txt").read_text().split()[1] if (root / "netns.txt").exists() else None
-        left = processes_in(netns) if netns else []
-        for pid in left:  # the script stops them; this only cleans up after a failure of it
-            os.kill(pid, signal.SIGKILL)
+        left = stop_what_is_left(netns) if netns else []
 
     sweep_log = (root / "sweep.log").read_text()
     assert (root / "sweep.rc").exists(), sweep_log[-4000:]

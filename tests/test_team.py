@@ -36,6 +36,7 @@ from project import (
     new_project,
     run,
     run_queue,
+    set_params,
     wait_until_healthy,
 )
 
@@ -160,7 +161,8 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
     link = f"{server.uri}/#/experiments/{experiment['experiment_id']}/runs/{run_id}?workflowType=machine_learning"
     assert f"train: the run in MLflow's UI: {link}\n" in out  # the page that opens on the model-training view
     params = load_params(root / "params.yaml")
-    expected = {k: str(v) for k, v in select(params.flat(), lineage_params("train", root / "dvc.yaml")).items()}
+    logged = (*lineage_params("train", root / "dvc.yaml"), "mlflow")  # and the tracking settings it ran with
+    expected = {k: str(v) for k, v in select(params.flat(), logged).items()}
     assert params_of(training) == expected
     for key in [*TRAIN_METRICS, "beta"]:
         assert server.metric_steps(run_id, key) == [1, 2], key
@@ -265,6 +267,8 @@ def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     env = clean_env(write_fashion_mnist(tmp_path / "idx", 2048, 256)) | {"MLFLOW_TRACKING_URI": server.uri}
     env["FASHION_MNIST_DIR"] = str(tmp_path / "idx")
     root = new_project(tmp_path / "project", env, epochs=3, train_limit=2048, experiment="team-server-death")
+    # metrics only: the kill must land in epoch 2's training, not in epoch 1's picture uploads
+    set_params(root / "params.yaml", **{"mlflow.log_images_every": 0})
     run(["dvc", "repro", "prepare"], root, env)
     repro = subprocess.Popen(
         ["dvc", "repro", "train"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -176,9 +176,9 @@ def _train_and_evaluate(
             "lr": training.lr,
         }
         if epoch not in logged:
-            mlflow.log_metrics(metrics, step=epoch)
             if images.due(epoch):
                 images.log(training.model, epoch)
+            mlflow.log_metrics(metrics, step=epoch)  # last before the report: its steps say what was checkpointed
         report = metrics | {"epoch": epoch, "mlflow_run_id": run_id}
         if epoch == params.epochs:
             # everything final happens before the last report: the scheduler may stop the trial right after it
