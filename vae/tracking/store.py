@@ -349,7 +349,15 @@ def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
             name=f"fashion-mnist-{path.stem}",
             digest=file_md5(path),
         )
-    mlflow.log_input(dataset, context=context)
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as err:
+        # two queued experiments logging the same data at once race on a server's dataset table
+        # (PostgreSQL: "duplicate key value violates unique constraint dataset_pk"); the row the other
+        # one wrote is the same dataset, so once it exists, linking to it succeeds
+        if "duplicate key" not in str(err) and "UNIQUE constraint" not in str(err):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def run_name(stage: str, beta: float | None = None, latent_dim: int | None = None) -> str:
