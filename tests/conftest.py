@@ -68,9 +68,6 @@ def tiny_idx_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def real_data_dir() -> Path:
     """The real Fashion-MNIST folder from FASHION_MNIST_DIR; skips the test when it is not set."""
-    # every Ray node the tests start (and the drivers joining them) on 127.0.0.1: Ray's single-machine
-    # switch, set before Ray is imported and inherited by every command the tests run
-    os.environ[SINGLE_MACHINE_RAY] = "0"
     value = os.environ.get(ENV_VAR)
     if not value:
         pytest.skip(f"{ENV_VAR} is not set")
