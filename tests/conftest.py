@@ -124,6 +124,18 @@ def postgres() -> Iterator[LocalPostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """moto's S3-compatible server on 127.0.0.1 with the bucket ``team``, stopped by its process id at the end."""
+    from project import S3Server
+
+    s3 = S3Server(tmp_path_factory.mktemp("s3"), "team")
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
 class _NotMlflow(http.server.BaseHTTPRequestHandler):
     """A web server that is not MLflow: every path is an HTML page."""
 

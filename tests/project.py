@@ -211,3 +211,48 @@ class MlflowServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+class S3Server:
+    """moto's standalone S3-compatible server (``moto_server``) on 127.0.0.1, in memory, with one bucket.
+
+    ``env`` holds what a client of it needs: moto's fixed test credentials, a region, and the
+    endpoint under the name MLflow reads (``MLFLOW_S3_ENDPOINT_URL``). Stop it by its process id.
+    """
+
+    def __init__(self, folder: Path, bucket: str) -> None:
+        self.port, self.bucket = free_port(), bucket
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        self.env = self.credentials | {"AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+        self.log = folder / "moto.log"
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.client().create_bucket(Bucket=bucket)
+                return
+            except Exception:  # not listening yet
+                assert self.process.poll() is None, f"moto_server exited: {self.log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"moto_server did not answer: {self.log.read_text()[-3000:]}"
+                time.sleep(0.3)
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object's key in the bucket under ``prefix``."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -31,7 +31,7 @@ from vae.storage import load_model, load_prepared, save_model
 from vae.sweep.spec import load_sweep
 from vae.sweep.tune import check_reachable
 from vae.tracking.registry import Candidate, rank
-from vae.tracking.server import STORE_URI_VAR, LocalPostgres, store_uri
+from vae.tracking.server import STORE_URI_VAR, LocalPostgres, check_artifacts_destination, store_uri
 from vae.tracking.store import TrackingError, check_database, check_tracking_store, read_run_id, refused
 from vae.trainer import NonFiniteLossError
 
@@ -163,6 +163,12 @@ def _wrong_password(tmp: Path, postgres: LocalPostgres) -> None:
     check_database(postgres.uri.replace(postgres.password_file.read_text().strip(), "wrong"), STORE_URI_VAR)
 
 
+def _missing_bucket(tmp: Path, monkeypatch: pytest.MonkeyPatch, s3: object) -> None:
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    check_artifacts_destination("s3://no-such-bucket/mlflow")
+
+
 def _promote_by(metric: str) -> Callable:
     """Rank two real-looking candidates (what the registry's evaluate runs hold) by ``metric``."""
     evaluated = {"eval_iw_log_likelihood": -240.0, "eval_nelbo": 250.0, "eval_test_loss": 90.0}
@@ -233,6 +239,7 @@ REPRODUCE: dict[str, Callable] = {
     "a wrong `MLFLOW_TRACKING_PASSWORD`": _refused(401, {"MLFLOW_TRACKING_USERNAME": "admin"}),
     "a READ user trains": _refused(403, {"MLFLOW_TRACKING_USERNAME": "reader"}, "write runs or models there"),
     "a password in `--backend-store-uri`": lambda tmp: store_uri("postgresql://mlflow:s3cret@db:5432/mlflow"),
+    "`--artifacts-destination s3://no-such-bucket/mlflow` (`vae.tracking.server`)": _missing_bucket,
     "`python -m vae.tracking.promote --metric eval_fid`": _promote_by("eval_fid"),
     "`python -m vae.tracking.promote --metric test_loss`": _promote_by("test_loss"),
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
 from project import (
     IMAGES,
+    S3Server,
     by_stage,
     children,
     clean_env,
@@ -44,14 +46,17 @@ from vae.config import load_params
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.tracking.server import LocalPostgres
 
+ARTIFACTS_DESTINATION = "s3://team/mlflow"
 TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"]
 
 
 class TrackingServer:
     """``python -m vae.tracking.server --data-dir …`` (the README's command) in a process group of its own."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
+        self.env = os.environ | (env or {})  # the server's own settings (S3's credentials), not the clients'
+
         self.command = [
             sys.executable,
             "-m",
@@ -69,7 +74,9 @@ class TrackingServer:
 
     def start(self, timeout: float = 180) -> None:
         log = open(self.data_dir.parent / "server.log", "a")  # noqa: SIM115 (the process holds it)
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+        )
         wait_until_healthy(self.uri, self.process, self.data_dir.parent / "server.log", timeout)
 
     def log_tail(self) -> str:
@@ -123,10 +130,11 @@ def md5(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[TrackingServer]:
+def server(s3: S3Server) -> Iterator[TrackingServer]:
+    """The team's server as docs/team.md sets it up: PostgreSQL of its own, artifacts proxied to S3."""
     require_postgres()
     folder = shared_temp_dir("vae-tracking-")
-    server = TrackingServer(folder / "tracking")
+    server = TrackingServer(folder / "tracking", "--artifacts-destination", ARTIFACTS_DESTINATION, env=s3.env)
     try:
         server.start()
         yield server
@@ -143,8 +151,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_pipeline_against_the_server_logs_everything_over_rest(
-    server: TrackingServer, env: dict[str, str], tmp_path: Path
+    server: TrackingServer, s3: S3Server, env: dict[str, str], tmp_path: Path
 ) -> None:
+    assert not set(s3.env) & set(env)  # the trainer knows the server, not the bucket or its credentials
     # system metrics every half second, so a seconds-long training run records some
     env = env | {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}
     root = new_project(tmp_path / "project", env, epochs=2, experiment="team-e2e")
@@ -181,12 +190,14 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         assert inputs[context]["digest"] == md5(prepared)
         assert json.loads(inputs[context]["source"])["uri"] == str(prepared.resolve())
 
-    # artifacts are proxied: mlflow-artifacts: URIs, bytes served by the server, files in its folder
+    # artifacts are proxied: mlflow-artifacts: URIs, bytes served by the server, objects in its S3 bucket
     artifact_uri = training["info"]["artifact_uri"]
     assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
     checkpoint = server.download(f"{artifact_uri}/checkpoint/vae_fashion_mnist.pth")
     assert checkpoint == (root / "models" / "vae_fashion_mnist.pth").read_bytes()
-    assert list((server.data_dir / "artifacts").rglob("vae_fashion_mnist.pth"))
+    in_bucket = s3.keys(f"mlflow/{experiment['experiment_id']}/")
+    assert f"mlflow/{experiment['experiment_id']}/{run_id}/artifacts/checkpoint/vae_fashion_mnist.pth" in in_bucket
+    assert not (server.data_dir / "artifacts").exists()
     [evaluate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "evaluate"]
     [generate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "generate"]
     for child, folder in ((evaluate, "evaluate"), (generate, "generate")):
@@ -195,6 +206,8 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         for image in (name for name in IMAGES if name.startswith(folder)):
             assert image in {f["path"] for f in listed}, image
             assert server.download(f"{child['info']['artifact_uri']}/{image}").startswith(b"\x89PNG")
+            child_id = child["info"]["run_id"]
+            assert f"mlflow/{experiment['experiment_id']}/{child_id}/artifacts/{image}" in in_bucket, image
     assert {m["key"] for m in evaluate["data"]["metrics"]} >= {"eval_nelbo", "eval_iw_log_likelihood"}
     assert {i["dataset"]["digest"] for i in evaluate["inputs"]["dataset_inputs"]} == {
         md5(root / "data/prepared/test.pt"),
@@ -207,6 +220,9 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
     [model] = [m for m in models if m["info"]["name"] == "model"]
     assert model["info"]["source_run_id"] == run_id
     assert model["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
+    model_keys = s3.keys(f"mlflow/{experiment['experiment_id']}/models/{model['info']['model_id']}/artifacts/")
+    names = {key.split("/artifacts/", 1)[1] for key in model_keys}
+    assert "MLmodel" in names and any(name.startswith("data/") for name in names), names
     loaded = subprocess.run(
         [
             sys.executable,
@@ -324,6 +340,20 @@ def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres:
     )
 
 
+def test_an_s3_destination_without_its_bucket_is_one_line_before_the_server_starts(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    # the docs' command with a misspelt bucket, on an existing database (SQLite here: nothing else to start)
+    command = [sys.executable, "-m", "vae.tracking.server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    command += ["--artifacts-destination", "s3://no-such-bucket/mlflow", "--port", str(free_port())]
+    done = subprocess.run(command, env=os.environ | s3.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        f"tracking_server: error: --artifacts-destination s3://no-such-bucket/mlflow "
+        f"(MLFLOW_S3_ENDPOINT_URL={s3.endpoint}): no bucket no-such-bucket there\n"
+    )
+
+
 def test_a_password_on_the_command_line_is_refused_before_anything_starts(tmp_path: Path) -> None:
     uri = "postgresql://mlflow:s3cret@127.0.0.1:5432/mlflow"
     command = [sys.executable, "-m", "vae.tracking.server", "--backend-store-uri", uri]
@@ -381,18 +411,30 @@ def test_a_bad_tracking_store_stops_train_before_any_work(
 
 
 @pytest.mark.slow
-def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(env: dict[str, str], tmp_path: Path) -> None:
-    origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
+def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
+    s3: S3Server, env: dict[str, str], tmp_path: Path
+) -> None:
+    origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
     a = new_project(tmp_path / "a", env)
-    # clone A: the README's commands, with a folder for the remote (s3://… in the README)
-    run(["dvc", "remote", "add", "-d", "storage", str(storage)], a, env)
+    # clone A: docs/team.md's commands, the S3 credentials in the environment (never in a config file or argv)
+    env = env | s3.credentials
+    run(["dvc", "remote", "add", "-d", "storage", "s3://team/dvc"], a, env)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint], a, env)
     run(["dvc", "repro"], a, env)
     run(["git", "add", "-A"], a, env)
     run(["git", "commit", "-qm", "results"], a, env)
     run(["git", "remote", "add", "origin", str(origin)], a, env)
     run(["git", "push", "-q", "origin", "HEAD:main"], a, env)
     run(["dvc", "push"], a, env)
+    lock = {
+        o["path"]: o["md5"]
+        for st in yaml.safe_load((a / "dvc.lock").read_text())["stages"].values()
+        for o in st["outs"]
+    }
+    pushed = set(s3.keys("dvc/files/md5/"))
+    for output in ("data/prepared", "models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "outputs/generate"):
+        assert f"dvc/files/md5/{lock[output][:2]}/{lock[output][2:]}" in pushed, output
     out = run(["dvc", "exp", "run", "-S", "beta=100"], a, env)
     [name] = re.findall(r"Ran experiment\(s\): (\S+)", out) or [None]
     assert name, out

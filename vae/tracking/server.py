@@ -48,6 +48,7 @@ DATABASE = "mlflow"
 DB_USER = "mlflow"
 # PostgreSQL refuses to run as root; as root, its tools run as the account Debian's package makes
 POSTGRES_ACCOUNT = "postgres"
+S3_ENDPOINT_VAR = "MLFLOW_S3_ENDPOINT_URL"  # MLflow's own: an S3-compatible store (MinIO, Ceph, moto) instead of AWS
 
 
 class ServerError(UserError, RuntimeError):
@@ -244,6 +245,36 @@ def authentication(folder: Path) -> dict[str, str]:
     return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
 
 
+def check_artifacts_destination(destination: str) -> None:
+    """Make sure an ``s3://bucket/prefix`` destination's bucket answers, with the credentials and endpoint
+    (``MLFLOW_S3_ENDPOINT_URL``) MLflow will use, before the server starts: MLflow itself would start
+    and fail every client's upload later. A folder needs no check (MLflow creates it).
+
+    Raises:
+        ServerError: boto3 is missing, or the bucket is unreachable, missing or refuses the credentials.
+    """
+    if not destination.startswith("s3://"):
+        return
+    bucket = destination.removeprefix("s3://").split("/", 1)[0]
+    endpoint = os.environ.get(S3_ENDPOINT_VAR) or None
+    where = f"--artifacts-destination {destination}" + (f" ({S3_ENDPOINT_VAR}={endpoint})" if endpoint else "")
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        raise ServerError(f"{where}: S3 needs boto3: pip install -e '.[s3]'") from None
+    config = botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1})
+    try:
+        boto3.client("s3", endpoint_url=endpoint, config=config).head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        reason = {"404": f"no bucket {bucket} there", "403": f"the credentials may not read bucket {bucket}"}
+        raise ServerError(f"{where}: {reason.get(code, err)}") from None
+    except botocore.exceptions.BotoCoreError as err:  # no credentials, an unreachable endpoint, a bad URL
+        raise ServerError(f"{where}: {err}") from None
+
+
 def mlflow_server_command(artifacts_destination: str, host: str, port: int, auth: bool = False) -> list[str]:
     """MLflow's production set-up, artifacts proxied to ``artifacts_destination``, with its basic-auth
     app when ``auth``; the database URI and the auth settings go in its environment (see :func:`serve`)."""
@@ -266,6 +297,7 @@ def serve(
     server's exit status (0 after Ctrl-C or SIGTERM).
     """
     check_database(backend_store_uri, source)
+    check_artifacts_destination(artifacts_destination)
     environment = os.environ | {STORE_URI_VAR: backend_store_uri}
     if auth_folder is not None:
         environment |= authentication(auth_folder)

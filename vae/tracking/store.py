@@ -78,7 +78,9 @@ def check_database(uri: str, source: str, timeout: float = 5.0) -> None:
 
     shown = redact(uri)
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
+        # PostgreSQL's and MySQL's drivers take a connect timeout; SQLite's (a file) has none and refuses one
+        network = not uri.startswith("sqlite")
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)} if network else {})
     except ImportError as err:
         fix = "pip install -e '.[server]'" if uri.startswith("postgresql") else f"install the Python package {err.name}"
         raise TrackingError(
