@@ -316,7 +316,7 @@ def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     assert (root / "outputs" / "train_run_id.txt").read_text().strip() == run_id  # the same MLflow run
     [training] = [r for r in server.runs("team-server-death") if tags_of(r).get("pipeline_stage") == "train"]
     assert training["info"]["run_id"] == run_id and training["info"]["status"] == "FINISHED"
-    for key in [*TRAIN_METRICS, "beta"]:
+    for key in [*TRAIN_METRICS, "beta", "lr"]:
         assert server.metric_steps(run_id, key) == [1, 2, 3], key  # each epoch logged exactly once
 
 

@@ -63,13 +63,20 @@ def training_settings(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> dict[s
     return select(params.flat(), stage_params("train", dvc_yaml))
 
 
-def _log_missing_epochs(run_id: str, history: dict[str, list[float]], beta_at: Callable[[int], float]) -> None:
-    """Log the epochs a killed run finished but had not yet logged (the state is saved first)."""
+def _log_missing_epochs(
+    run_id: str, history: dict[str, list[float]], beta_at: Callable[[int], float], last_lr: float
+) -> None:
+    """Log the epochs a killed run finished but had not yet logged (the state is saved first).
+
+    ``last_lr`` is the lr after the last saved epoch (the resumed scheduler's): the only epoch that can
+    be missing, since training stops at the first epoch whose metrics do not reach the store.
+    """
     logged = logged_epochs(mlflow.MlflowClient(), run_id)
-    for index in range(len(history.get("loss", []))):
-        if index + 1 not in logged:
-            epoch_metrics = {key: series[index] for key, series in history.items()}
-            mlflow.log_metrics(epoch_metrics | {"beta": beta_at(index + 1)}, step=index + 1)
+    epochs = len(history.get("loss", []))
+    for epoch in range(1, epochs + 1):
+        if epoch not in logged:
+            epoch_metrics = {key: series[epoch - 1] for key, series in history.items()} | {"beta": beta_at(epoch)}
+            mlflow.log_metrics(epoch_metrics | ({"lr": last_lr} if epoch == epochs else {}), step=epoch)
 
 
 @dataclass
@@ -204,7 +211,7 @@ def train_pipeline(
             log_dataset(train, prepared_files[0], "training")
             log_dataset(test, prepared_files[1], "testing")
         else:
-            _log_missing_epochs(run_id, training.history, params.beta_at)
+            _log_missing_epochs(run_id, training.history, params.beta_at, training.lr)
             # the state is saved before the pictures: a kill in between leaves its epoch's to log now
             if images.due(state.epoch) and state.epoch not in logged_image_steps(mlflow.MlflowClient(), run_id):
                 images.log(model, state.epoch)
