@@ -244,8 +244,9 @@ class S3Server:
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
         )
 
     def keys(self, prefix: str = "") -> list[str]:

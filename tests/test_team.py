@@ -56,7 +56,6 @@ class TrackingServer:
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
         self.env = os.environ | (env or {})  # the server's own settings (S3's credentials), not the clients'
-
         self.command = [
             sys.executable,
             "-m",
