@@ -119,6 +119,22 @@ def new_project(
     return root
 
 
+def save_state(folder: Path, saved: Path) -> Path:
+    """Copy ``folder`` (a project: git, DVC cache, mlflow.db, outputs) to ``saved``, to be put back by
+    :func:`restore_state`. Nothing may be running in it."""
+    shutil.copytree(folder, saved, symlinks=True)
+    return saved
+
+
+def restore_state(saved: Path, folder: Path) -> Path:
+    """Put ``folder`` back as :func:`save_state` saved it, at the same path: MLflow's artifact URIs and
+    DVC's state are absolute, so a copy elsewhere would still point at the original. Each test that
+    changes a shared project starts from its saved state, whatever ran before it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(saved, folder, symlinks=True)
+    return folder
+
+
 def set_params(path: Path, **changes: object) -> None:
     """Change dotted keys of the params file at ``path``: ``set_params(p, **{"train.lr": 0.01})``."""
     params = yaml.safe_load(path.read_text())

@@ -263,7 +263,22 @@ def test_every_row_of_the_bad_input_table_is_reproduced() -> None:
     assert sorted(bad for bad, _ in bad_input_table()) == sorted(REPRODUCE)
 
 
-@pytest.mark.parametrize(("bad", "documented"), bad_input_table())
+SERVERS = {"postgres", "s3", "not_mlflow"}  # fixtures that start a server: their rows are in the slow tier
+
+
+def bad_input_cases() -> list:
+    """The table's rows as test cases; a row reproduced against a server it starts is marked slow."""
+    return [
+        pytest.param(
+            bad,
+            message,
+            marks=[pytest.mark.slow] if SERVERS & set(inspect.signature(REPRODUCE[bad]).parameters) else [],
+        )
+        for bad, message in bad_input_table()
+    ]
+
+
+@pytest.mark.parametrize(("bad", "documented"), bad_input_cases())
 def test_the_bad_input_tables_messages_are_the_real_ones(
     bad: str, documented: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
@@ -341,6 +356,7 @@ def check_command(words: list[str]) -> None:
                 assert key in params_keys(), f"-S {key}: no such key in params.yaml"
 
 
+@pytest.mark.slow  # runs each command's --help
 def test_fenced_commands_name_what_exists() -> None:
     commands = fenced_commands()
     assert any(words[:3] == ["dvc", "exp", "run"] for _, words in commands)  # it finds the pages' commands
@@ -357,6 +373,7 @@ def test_fenced_commands_name_what_exists() -> None:
     assert checked >= 15
 
 
+@pytest.mark.slow
 def test_the_command_check_catches_a_misspelt_flag_and_key() -> None:
     with pytest.raises(AssertionError, match="no --set-parm"):
         check_command(["dvc", "exp", "run", "--set-parm", "beta=1"])

@@ -128,6 +128,7 @@ def test_the_pictures_leave_the_training_numbers_unchanged(project: Path) -> Non
     assert json.loads(paths.TRAIN_METRICS.read_text()) == with_pictures
 
 
+@pytest.mark.slow
 def test_mlflow_s_ui_shows_the_run_s_pictures_and_its_step_slider_changes_them(
     project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

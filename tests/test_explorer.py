@@ -91,6 +91,7 @@ def chromium_or_fail() -> str:
     return CHROMIUM
 
 
+@pytest.mark.slow
 def test_a_browser_shows_the_models_image_under_the_pointer(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -126,6 +127,7 @@ def test_a_browser_shows_the_models_image_under_the_pointer(tmp_path: Path) -> N
     assert np.abs(shown[0] - shown[1]).max() > 0.05  # another point, another garment
 
 
+@pytest.mark.slow
 def test_the_page_works_in_mlflows_artifact_view(tmp_path: Path) -> None:
     """Logged to a run, the page opens in `mlflow server`'s UI (a sandboxed frame) and follows the mouse."""
     from playwright.sync_api import sync_playwright

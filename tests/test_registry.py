@@ -22,23 +22,42 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
-from project import by_stage, clean_env, free_port, mlflow_runs, new_project, run
+from project import by_stage, clean_env, free_port, mlflow_runs, new_project, restore_state, run, save_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registry")]  # one project, on one worker
 
 NAME, ENCODER = "fashion-mnist-vae", "fashion-mnist-vae-encoder"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, dict[str, str]]:
+    """The project's folder, its saved states with two registered runs before and after the README's
+    `python -m vae.tracking.promote`, and the environment of the processes that use it."""
     env = clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
-    root = new_project(tmp_path_factory.mktemp("registry"), env)
+    home = tmp_path_factory.mktemp("registry")
+    root = new_project(home / "project", env)
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "results"], root, env)
     run(["dvc", "exp", "run", "-S", "beta=1"], root, env)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"  # for the processes below
-    return root, env
+    registered = save_state(root, home / "saved-registered")
+    assert promote(root, env).returncode == 0
+    return root, registered, save_state(root, home / "saved-promoted"), env
+
+
+@pytest.fixture
+def project(saved: tuple[Path, Path, Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    """Two registered training runs (β=500 from `dvc repro`, β=1 from `dvc exp run`), nothing promoted yet."""
+    root, registered, _, env = saved
+    return restore_state(registered, root), env
+
+
+@pytest.fixture
+def promoted(saved: tuple[Path, Path, Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    """The same after `python -m vae.tracking.promote`: both models' ``champion`` is the best run's."""
+    root, _, promoted_state, env = saved
+    return restore_state(promoted_state, root), env
 
 
 def client(root: Path):
@@ -137,7 +156,6 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     if worst_knn != best_knn:  # higher is better: the direction matters
         assert promote(root, env, "--metric", "eval_knn_accuracy").returncode == 0
         assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_knn]
-    assert promote(root, env).returncode == 0  # back to the default ranking for the tests below
 
 
 @pytest.mark.parametrize(
@@ -159,9 +177,9 @@ def test_promote_refuses_a_metric_it_cannot_rank_by_in_one_line(
 
 
 @pytest.fixture
-def serve(project: tuple[Path, dict[str, str]]) -> Iterator:
-    """Start `mlflow models serve` (the README's command) for a model URI; stop it at the end."""
-    root, env = project
+def serve(promoted: tuple[Path, dict[str, str]]) -> Iterator:
+    """Start `mlflow models serve` (the README's command) for a model URI of the promoted project; stop it after."""
+    root, env = promoted
     servers: list[subprocess.Popen] = []
 
     def start(uri: str) -> str:
@@ -169,7 +187,7 @@ def serve(project: tuple[Path, dict[str, str]]) -> Iterator:
         server = subprocess.Popen(
             ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
             cwd=root,
-            env=env,
+            env=env | {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"},  # as the README serves: CPU models
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -212,8 +230,8 @@ def test_the_champion_decoder_is_served_over_rest_and_rejects_a_wrong_latent_wid
     assert status == 400 and "does not match expected shape (-1, 2)" in answer["message"]
 
 
-def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[Path, dict[str, str]], serve) -> None:
-    root, env = project
+def test_the_champion_encoder_embeds_images_without_this_package(promoted: tuple[Path, dict[str, str]], serve) -> None:
+    root, env = promoted
     from vae.storage import load_model, load_prepared
     from vae.utils import batch_images
 
@@ -250,8 +268,8 @@ def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[
     assert status == 400 and "does not match expected shape (-1, 1, 32, 32)" in answer["message"]
 
 
-def test_the_champion_decoder_loads_by_alias(project: tuple[Path, dict[str, str]]) -> None:
-    root, env = project
+def test_the_champion_decoder_loads_by_alias(promoted: tuple[Path, dict[str, str]]) -> None:
+    root, env = promoted
     code = (
         "import torch, mlflow; "
         f"d = mlflow.pytorch.load_model('models:/{NAME}@champion'); x = d(torch.randn(4, 2)); "

@@ -77,6 +77,7 @@ def final_metrics(root: Path) -> dict[str, float]:
     return json.loads((root / "metrics/train.json").read_text())
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path, source: Path) -> None:
     reference = make_project(tmp_path / "reference", source, batch_size=32, epochs=EPOCHS)
     subprocess.run(TRAIN, cwd=reference, env=env_for(reference), check=True, capture_output=True)
@@ -103,6 +104,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_a_resume_hint(tmp_path: Path, source: Path) -> None:
     root = make_project(tmp_path / "p", source, batch_size=32)
     result = start_and_stop_mid_epoch(root, signal.SIGINT)
@@ -111,6 +113,7 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path: Path, source: Path) -> None:
     assert saved_epoch(root) >= 1
 
 
+@pytest.mark.slow
 def test_changed_params_start_afresh(tmp_path: Path, source: Path) -> None:
     root = make_project(tmp_path / "p", source, batch_size=32)
     start_and_stop_mid_epoch(root, signal.SIGKILL)
@@ -123,6 +126,7 @@ def test_changed_params_start_afresh(tmp_path: Path, source: Path) -> None:
     assert result.returncode == 0 and "other params or data; starting from epoch 1" in result.stdout
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path, source: Path) -> None:
     root = make_project(tmp_path / "p", source, epochs=1)
     with socket.socket() as s:  # a port nobody listens on

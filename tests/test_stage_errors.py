@@ -13,6 +13,7 @@ from vae.model import VAE
 from vae.storage import save_model, save_prepared
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs a stage script as its own process
 
 
 def run_command(name: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -149,6 +149,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_pipeline_against_the_server_logs_everything_over_rest(
     server: TrackingServer, s3: S3Server, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -246,6 +247,7 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_two_queued_experiments_on_two_workers_against_the_server(
     server: TrackingServer, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -275,6 +277,7 @@ def saved_state(root: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     server: TrackingServer, tmp_path: Path
 ) -> None:
@@ -339,6 +342,7 @@ def test_tracking_server_refuses_a_wrong_database_password_in_one_line(postgres:
     )
 
 
+@pytest.mark.slow
 def test_an_s3_destination_without_its_bucket_is_one_line_before_the_server_starts(
     s3: S3Server, tmp_path: Path
 ) -> None:
@@ -366,6 +370,8 @@ def test_a_password_on_the_command_line_is_refused_before_anything_starts(tmp_pa
     assert "export MLFLOW_BACKEND_STORE_URI=" in result.stderr and "s3cret" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("team-server")
 def test_the_database_password_is_in_no_command_line_and_no_log(server: TrackingServer) -> None:
     """`ps` shows every user each process's command line: the server's password must be in none of them."""
     password = (server.data_dir / "password").read_text().strip()
@@ -500,6 +506,7 @@ def admin_password(server: TrackingServer) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("team-auth")
 def test_the_authenticated_server_keeps_its_secrets_private_and_lets_no_one_in(
     auth_server: TrackingServer, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -533,6 +540,7 @@ def test_the_authenticated_server_keeps_its_secrets_private_and_lets_no_one_in(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("team-auth")
 def test_an_edit_user_trains_and_a_read_user_reads_but_changes_nothing(
     auth_server: TrackingServer, env: dict[str, str], tmp_path: Path
 ) -> None:
