@@ -15,10 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from project import IMAGES, by_stage, children, free_port, new_project, readme_layout, run, run_queue
+from project import (
+    IMAGES,
+    by_stage,
+    children,
+    free_port,
+    new_project,
+    readme_layout,
+    restore_state,
+    run,
+    run_queue,
+    save_state,
+)
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
+# the tests of the one reproduced project, on one worker: its fixtures are made once
+ONE_PROJECT = pytest.mark.xdist_group("pipeline-project")
 
 OUTPUTS = [
     "data/prepared/train.pt",
@@ -54,11 +67,34 @@ def env(clone_home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(clone_home: Path, env: dict[str, str]) -> Path:
-    """A tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`."""
+def reproduced(clone_home: Path, env: dict[str, str]) -> Path:
+    """The saved state of a tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`."""
     root = new_project(clone_home / "main", env)
     run(["dvc", "repro"], root, env)
-    return root
+    return save_state(root, clone_home / "saved-repro")
+
+
+@pytest.fixture
+def project(clone_home: Path, reproduced: Path) -> Path:
+    """The clone after `dvc repro`, as it was right after it: each test may change it."""
+    return restore_state(reproduced, clone_home / "main")
+
+
+@pytest.fixture(scope="module")
+def experimented(clone_home: Path, env: dict[str, str], reproduced: Path) -> tuple[Path, str]:
+    """The saved state of the clone after its results were committed and `dvc exp run --set-param beta=100`
+    ran (the README's experiment), and that command's output."""
+    root = restore_state(reproduced, clone_home / "main")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline results"], root, env)
+    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], root, env)
+    return save_state(root, clone_home / "saved-beta-100"), out
+
+
+@pytest.fixture
+def with_beta_100(clone_home: Path, experimented: tuple[Path, str]) -> Path:
+    """The clone holding two experiments (β=500 committed, β=100 in the workspace), as it was right after."""
+    return restore_state(experimented[0], clone_home / "main")
 
 
 def mlflow_runs(root: Path) -> tuple[list, object]:
@@ -81,6 +117,7 @@ def snapshot(root: Path) -> dict[str, dict]:
     }
 
 
+@ONE_PROJECT
 def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[str, str]) -> None:
     for name in OUTPUTS:
         assert (project / name).is_file() and (project / name).stat().st_size > 0, name
@@ -104,6 +141,7 @@ def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[st
     assert 0 <= json.loads((project / "metrics/classifier.json").read_text())["test_accuracy"] <= 1
 
 
+@ONE_PROJECT
 def test_a_one_line_model_change_marks_every_stage_that_runs_the_model_changed(
     project: Path, env: dict[str, str]
 ) -> None:
@@ -136,6 +174,7 @@ def stages_to_rerun(project: Path, env: dict[str, str], **changes: object) -> se
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
+@ONE_PROJECT
 def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, str]) -> None:
     assert stages_to_rerun(project, env) == set()
     assert stages_to_rerun(project, env, **{"generate.num_samples": 10}) == {"generate"}
@@ -148,10 +187,9 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> None:
-    run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-qm", "baseline results"], project, env)
-    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], project, env)
+@ONE_PROJECT
+def test_experiment_with_another_beta(with_beta_100: Path, experimented: tuple[Path, str], env: dict[str, str]) -> None:
+    project, out = with_beta_100, experimented[1]
     assert "Stage 'prepare' didn't change, skipping" in out
     assert all(f"Running stage '{stage}'" in out for stage in ("train", "evaluate", "generate"))
     table = json.loads(run(["dvc", "exp", "show", "--json"], project, env))
@@ -168,8 +206,11 @@ def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> Non
     assert metrics["metrics/train.json"]["data"]["loss"] > 0
 
 
-def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> None:
+@ONE_PROJECT
+def test_mlflow_holds_both_runs_with_metrics_images_and_model(with_beta_100: Path) -> None:
     import mlflow
+
+    project = with_beta_100
 
     runs, client = mlflow_runs(project)
     training = {run_.data.params["beta"]: run_ for run_ in by_stage(runs, "train")}
@@ -187,7 +228,8 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
         # the params training used, not those of stages that may later change without retraining
         assert {"beta", "train.lr", "data.train_limit", "evaluate.batch_size"} <= set(run_.data.params)
         assert not any(key.startswith(("generate.", "classifier.", "evaluate.knn")) for key in run_.data.params)
-        assert run_.data.tags["device"] == "cpu" and len(run_.data.tags["mlflow.source.git.commit"]) == 40
+        assert run_.data.tags["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
+        assert len(run_.data.tags["mlflow.source.git.commit"]) == 40
         [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
         assert {
             "eval_test_loss",
@@ -225,7 +267,11 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
-def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project: Path, env: dict[str, str]) -> None:
+@ONE_PROJECT
+def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(
+    with_beta_100: Path, env: dict[str, str]
+) -> None:
+    project = with_beta_100
     before = snapshot(project)
     out = run(["dvc", "exp", "run", "--set-param", "evaluate.knn_k=7"], project, env)
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
@@ -247,8 +293,10 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project:
         print(f"  {key}: {[(m.step, m.value) for m in client.get_metric_history(new_id, key)]}")
 
 
-def test_run_cache_restored_training_then_new_generate_params(project: Path, env: dict[str, str]) -> None:
+@ONE_PROJECT
+def test_run_cache_restored_training_then_new_generate_params(with_beta_100: Path, env: dict[str, str]) -> None:
     """Train and evaluate come back from DVC's run cache; generate runs anew, in a run of its own."""
+    project = with_beta_100
     before = snapshot(project)
     out = run(["dvc", "exp", "run", "-S", "beta=500", "-S", "evaluate.knn_k=5", "-S", "generate.seed=3"], project, env)
     assert "Running stage 'train'" not in out and "Running stage 'evaluate'" not in out, out
@@ -266,7 +314,9 @@ def test_run_cache_restored_training_then_new_generate_params(project: Path, env
     assert (project / "outputs/generate_run_id.txt").read_text().strip() == new_id
 
 
-def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str]) -> None:
+@ONE_PROJECT
+def test_mlflow_ui_serves_the_runs_over_rest(with_beta_100: Path, env: dict[str, str]) -> None:
+    project = with_beta_100
     port = free_port()
     # exactly the README's command, from the project root, bound to loopback on a free port
     server = subprocess.Popen(
@@ -302,6 +352,7 @@ def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str])
         server.wait(timeout=30)
 
 
+@ONE_PROJECT
 def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
