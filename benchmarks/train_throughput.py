@@ -162,7 +162,7 @@ def _round(steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=str(get_device()), help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="auto (as train.device: a GPU when there is one), cpu or cuda")
     parser.add_argument("--images", type=int, default=60_000, help="training images to draw batches from")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=100, help="timed optimisation steps per round")
@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: FASHION_MNIST_DIR, data/...)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     cli = parser.parse_args()
+    cli.device = str(get_device(cli.device))  # after parsing: --device cpu must not initialise CUDA
 
     source = resolve_data_dir(cli.data)
     cli.precision = resolve_precision(cli.precision, torch.device(cli.device))

@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from vae.data import load_fashion_mnist
 from vae.model import VAE
-from vae.trainer import NonFiniteLossError, evaluate_vae, train_vae_model, vae_loss_function
+from vae.trainer import NonFiniteLossError, evaluate_vae, train_one_epoch, train_vae_model, vae_loss_function
 from vae.utils import set_seed
 
 CPU = torch.device("cpu")
@@ -102,3 +103,32 @@ def test_beta_schedule_sets_each_epochs_beta() -> None:
     for epoch, beta in betas.items():
         i = epoch - 1
         assert history["loss"][i] == pytest.approx(beta * history["reconstruction_loss"][i] + history["kl_loss"][i])
+
+
+class _TensorsFromHostData(TorchDispatchMode):
+    """Counts the tensors made from Python numbers or lists: on a GPU, each is a copy from the host that
+    waits for the device (what ``torch.cuda.set_sync_debug_mode`` reports), so a training step must make none."""
+
+    MAKERS = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default", "aten.scalar_tensor.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (PyTorch's signature)
+        self.made += str(func) in self.MAKERS
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_copies_nothing_from_the_host() -> None:
+    images = torch.rand(64, 1, 32, 32)
+    vae = VAE(latent_dim=2)
+    optimizer = torch.optim.Adam(vae.parameters())
+    batches = [images[i : i + 8] for i in range(0, 64, 8)]
+    train_one_epoch(vae, batches[:1], optimizer, CPU, progress=False)  # Adam makes its state at its first step
+    with _TensorsFromHostData() as one:
+        train_one_epoch(vae, batches[:1], optimizer, CPU, progress=False, refresh_every=1000)
+    with _TensorsFromHostData() as eight:
+        train_one_epoch(vae, batches, optimizer, CPU, progress=False, refresh_every=1000)
+    assert eight.made == one.made  # the epoch's set-up may make some, its steps none
+    print(f"tensors made from host data: {one.made} in a 1-step epoch, {eight.made} in an 8-step one")

@@ -165,7 +165,7 @@ def train_one_epoch(
     precision = resolve_precision(precision, device)
     model.train()
     sums = torch.zeros(3, device=device)
-    first_bad_step = torch.tensor(-1, device=device)
+    first_bad_step = torch.full((), -1, device=device)
     seen = 0
     bar = _progress(batches, desc or f"epoch {epoch}", progress)
 
@@ -191,11 +191,8 @@ def train_one_epoch(
                 scheduler.step()
 
             detached = torch.stack(terms).detach()
-            first_bad_step = torch.where(
-                (first_bad_step < 0) & ~torch.isfinite(detached).all(),
-                torch.tensor(step, device=device),
-                first_bad_step,
-            )
+            # the step goes in as a kernel argument: a tensor made of it would be a copy from the host each step
+            first_bad_step.masked_fill_((first_bad_step < 0) & ~torch.isfinite(detached).all(), step)
             sums += detached * x.shape[0]
             seen += x.shape[0]
             if step % refresh_every == 0:

@@ -18,7 +18,7 @@ def main() -> None:
     cfg = params.classifier
     train, test = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST)
     set_seed(cfg.seed)
-    device = get_device()
+    device = get_device(params.train.device)  # every stage computes where train.device says
     model = FashionClassifier().to(device)
     losses = train_classifier(model, train.images, train.labels, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed)
     test_accuracy = accuracy(model, test.images, test.labels)

@@ -89,7 +89,7 @@ def evaluate_model(
 def main() -> None:
     params = load_params(paths.PARAMS)
     logged_params = select(params.flat(), lineage_params("evaluate"))
-    device = get_device()
+    device = get_device(params.train.device)  # every stage computes where train.device says
     model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
     fast_cpu.enable(model)
     classifier = load_classifier(paths.CLASSIFIER, device)

@@ -1,8 +1,8 @@
 """Resumable training: a checkpoint of everything training needs, written atomically after every epoch.
 
 The state holds the model and optimizer, the random generators (PyTorch's
-global CPU/CUDA ones, which draw the reparameterisation noise, and the batch
-shuffler's), the finished epoch, the history so far and the MLflow run id. A
+global CPU one and the training GPU's, which draw the reparameterisation noise,
+and the batch shuffler's), the finished epoch, the history so far and the MLflow run id. A
 run started again with the same inputs picks up after the last finished epoch
 and ends with the same numbers as an uninterrupted run; a run with other
 inputs (any train param, the data) starts afresh.
@@ -69,18 +69,23 @@ def fingerprint(settings: dict[str, Any], files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def rng_state(shuffler: torch.Generator) -> dict[str, Any]:
+def rng_state(shuffler: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """The generators a resumed run needs: PyTorch's CPU one, the shuffler's and, when training on a GPU,
+    that GPU's (the reparameterisation noise is drawn there); not every visible GPU's by index, which
+    would not fit a machine or ``CUDA_VISIBLE_DEVICES`` with fewer GPUs at resume."""
     state = {"torch": torch.get_rng_state(), "shuffler": shuffler.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any], shuffler: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], shuffler: torch.Generator, device: torch.device) -> None:
+    """Put back what :func:`rng_state` saved; the training device's generator goes to ``device``, the GPU
+    this run trains on, whichever index it had before."""
     torch.set_rng_state(state["torch"])
     shuffler.set_state(state["shuffler"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "device" in state:
+        torch.cuda.set_rng_state(state["device"], device)
 
 
 def save_state(state: TrainState, path: Path = STATE_FILE) -> None:

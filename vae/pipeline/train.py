@@ -97,7 +97,7 @@ class Training:
 
     def state(self, run_fingerprint: str, epoch: int, run_id: str) -> TrainState:
         """Everything needed to continue after ``epoch`` (see :mod:`vae.pipeline.resume`)."""
-        rng = rng_state(self.train_batches.generator)
+        rng = rng_state(self.train_batches.generator, self.device)
         model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         schedule = self.scheduler.state_dict() if self.scheduler is not None else None
         return TrainState(run_fingerprint, epoch, model, optimizer, rng, self.history, run_id, schedule)
@@ -106,7 +106,7 @@ class Training:
         """Continue after ``state``'s epoch: its weights, optimizer, random generators and history."""
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
-        restore_rng(state.rng, self.train_batches.generator)
+        restore_rng(state.rng, self.train_batches.generator, self.device)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state.scheduler)  # the schedule goes on where it stopped
         self.history, self.start_epoch = state.history, state.epoch + 1
@@ -206,7 +206,8 @@ def train_pipeline(
             # later executions may change without retraining (each logs them in a run of its own);
             # and the tracking settings it ran with, which DVC leaves out of train's params
             mlflow.log_params(select(params.flat(), (*lineage_params("train"), "mlflow")))
-            mlflow.set_tags(tags | {"train_images": len(train), "test_images": len(test), "precision": precision})
+            arithmetic = {"precision": precision, "threads": torch.get_num_threads()}  # what rounding depends on
+            mlflow.set_tags(tags | {"train_images": len(train), "test_images": len(test)} | arithmetic)
             # training fits the train split and reports per-epoch losses on the test split
             log_dataset(train, prepared_files[0], "training")
             log_dataset(test, prepared_files[1], "testing")

@@ -137,8 +137,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         if existing is None:
             logged = select(params.flat(), setup.logged_params)
             client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in logged.items()])
-        # Ray hides the GPUs a trial did not ask for (CUDA_VISIBLE_DEVICES), so "auto" finds its share or the CPU
-        device = get_device(params.train.device)
+        # Ray narrows CUDA_VISIBLE_DEVICES to the GPUs it granted, but (2.60) leaves every GPU visible to a
+        # trial granted none: "auto" then means the CPU, not a GPU Ray never allocated
+        device = get_device(params.train.device, granted_gpus=len(ray.get_gpu_ids()))
         client.set_tag(run_id, NODE_TAG, node_id)
         client.set_tag(run_id, "device", str(device))
         mlflow.start_run(run_id=run_id, log_system_metrics=params.mlflow.system_metrics)
@@ -162,6 +163,9 @@ def _train_and_evaluate(
     from ray import tune
 
     training = start_training(params, setup.train, setup.test, device)
+    # as the train stage tags them: with the same precision and thread count, a trial's numbers are the stages'
+    client.set_tag(run_id, "precision", training.precision)
+    client.set_tag(run_id, "threads", str(torch.get_num_threads()))
     state = _load_checkpoint()
     if state is not None:
         training.resume(state)

@@ -21,6 +21,7 @@ and points the alias ``champion`` of both models at the best run's versions.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -75,14 +76,24 @@ class EncoderMeans(nn.Module):
         return self.encoder(x)[0]
 
 
+def cpu_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the CPU, in eval mode; ``module`` stays where it trains.
+
+    MLflow exports (``torch.export``) with an example input it makes on the CPU from NumPy: a module
+    on a GPU fails there with a device mismatch, and a model saved with CUDA storages would need a
+    GPU to load. The logged models are CPU models; ``mlflow models serve`` runs them anywhere.
+    """
+    return copy.deepcopy(module).cpu().eval()
+
+
 def _log_exported(module: nn.Module, example: torch.Tensor, name: str, registered_model: str | None) -> str | None:
     """Log ``module`` as an exported-graph MLflow model; returns its new registered version, if registered."""
     import mlflow
     from mlflow.models import infer_signature
 
-    module = module.eval()
+    module = cpu_copy(module)
     with torch.inference_mode():
-        output = module(example.to(next(module.parameters()).device)).cpu()
+        output = module(example)
     with warnings.catch_warnings():
         # torch.export's archive writer warns about every weight of a model saved from the CPU
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
