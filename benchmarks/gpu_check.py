@@ -244,7 +244,7 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'step':<{width}}  {'measured':>14}  target (H100/H200)")
     for step, measured, target in rows:
-        print(f"{step:<{width}}  {measured:>14}  {target if gpu else ''}")
+        print(f"{step:<{width}}  {measured:>14}  {target}".rstrip())
 
 
 if __name__ == "__main__":

@@ -158,3 +158,18 @@ def not_mlflow() -> Iterator[str]:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder a module's clones of this project sit in, with the data where the README's relative path finds it."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def env(clone_home: Path) -> dict[str, str]:
+    """The README's environment: ``FASHION_MNIST_DIR=../shared/data/fashion-mnist``, relative, as written
+    (a module may define its own ``env``)."""
+    from project import readme_layout
+
+    return readme_layout(clone_home)

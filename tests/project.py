@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -273,3 +275,73 @@ class S3Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+class TrackingServer:
+    """``python -m vae.tracking.server --data-dir …`` (the README's command) in a process group of its own."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
+        self.env = os.environ | (env or {})  # the server's own settings (S3's credentials), not the clients'
+        self.command = [
+            sys.executable,
+            "-m",
+            "vae.tracking.server",
+            "--data-dir",
+            str(data_dir),
+            "--pg-port",
+            str(self.pg_port),
+            "--port",
+            str(self.port),
+            *extra,
+        ]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        log = open(self.data_dir.parent / "server.log", "a")  # noqa: SIM115 (the process holds it)
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+        )
+        wait_until_healthy(self.uri, self.process, self.data_dir.parent / "server.log", timeout)
+
+    def log_tail(self) -> str:
+        return (self.data_dir.parent / "server.log").read_text()[-3000:]
+
+    def kill(self) -> None:
+        """SIGKILL the tracking server's processes (not PostgreSQL, which pg_ctl runs in a session of its own)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM, as a user's Ctrl-C: the server stops MLflow and PostgreSQL."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+    def api(self, path: str, body: dict | None = None) -> dict:
+        """Call MLflow's REST API: GET ``path``, or POST ``body`` as JSON."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def download(self, artifact_uri: str) -> bytes:
+        """An artifact's bytes through the server's artifact proxy (``mlflow-artifacts:/…``)."""
+        path = artifact_uri.removeprefix("mlflow-artifacts:/")
+        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{path}", timeout=30) as response:
+            return response.read()
+
+    def runs(self, experiment: str) -> list[dict]:
+        experiment_id = self.api(f"experiments/get-by-name?experiment_name={experiment}")["experiment"]["experiment_id"]
+        return self.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000}).get("runs", [])
+
+    def metric_steps(self, run_id: str, key: str) -> list[int]:
+        history = self.api(f"metrics/get-history?run_id={run_id}&metric_key={key}").get("metrics", [])
+        return sorted(m["step"] for m in history)
+
+
+def tags_of(run_: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run_["data"].get("tags", [])}

@@ -21,7 +21,6 @@ from project import (
     children,
     free_port,
     new_project,
-    readme_layout,
     restore_state,
     run,
     run_queue,
@@ -30,8 +29,6 @@ from project import (
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
-# the tests of the one reproduced project, on one worker: its fixtures are made once
-ONE_PROJECT = pytest.mark.xdist_group("pipeline-project")
 
 OUTPUTS = [
     "data/prepared/train.pt",
@@ -52,18 +49,6 @@ OUTPUTS = [
     "outputs/generate/vae_interpolation.png",
     "outputs/generate/vae_latent_explorer.html",
 ]
-
-
-@pytest.fixture(scope="module")
-def clone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder the tests' clones sit in, with the data where the README's relative path finds it."""
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def env(clone_home: Path) -> dict[str, str]:
-    """The README's environment: ``FASHION_MNIST_DIR=../shared/data/fashion-mnist``, relative, as written."""
-    return readme_layout(clone_home)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +102,6 @@ def snapshot(root: Path) -> dict[str, dict]:
     }
 
 
-@ONE_PROJECT
 def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[str, str]) -> None:
     for name in OUTPUTS:
         assert (project / name).is_file() and (project / name).stat().st_size > 0, name
@@ -141,7 +125,6 @@ def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[st
     assert 0 <= json.loads((project / "metrics/classifier.json").read_text())["test_accuracy"] <= 1
 
 
-@ONE_PROJECT
 def test_a_one_line_model_change_marks_every_stage_that_runs_the_model_changed(
     project: Path, env: dict[str, str]
 ) -> None:
@@ -174,7 +157,6 @@ def stages_to_rerun(project: Path, env: dict[str, str], **changes: object) -> se
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-@ONE_PROJECT
 def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, str]) -> None:
     assert stages_to_rerun(project, env) == set()
     assert stages_to_rerun(project, env, **{"generate.num_samples": 10}) == {"generate"}
@@ -187,7 +169,6 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-@ONE_PROJECT
 def test_experiment_with_another_beta(with_beta_100: Path, experimented: tuple[Path, str], env: dict[str, str]) -> None:
     project, out = with_beta_100, experimented[1]
     assert "Stage 'prepare' didn't change, skipping" in out
@@ -206,7 +187,6 @@ def test_experiment_with_another_beta(with_beta_100: Path, experimented: tuple[P
     assert metrics["metrics/train.json"]["data"]["loss"] > 0
 
 
-@ONE_PROJECT
 def test_mlflow_holds_both_runs_with_metrics_images_and_model(with_beta_100: Path) -> None:
     import mlflow
 
@@ -267,7 +247,6 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(with_beta_100: Pat
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
-@ONE_PROJECT
 def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(
     with_beta_100: Path, env: dict[str, str]
 ) -> None:
@@ -293,7 +272,6 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(
         print(f"  {key}: {[(m.step, m.value) for m in client.get_metric_history(new_id, key)]}")
 
 
-@ONE_PROJECT
 def test_run_cache_restored_training_then_new_generate_params(with_beta_100: Path, env: dict[str, str]) -> None:
     """Train and evaluate come back from DVC's run cache; generate runs anew, in a run of its own."""
     project = with_beta_100
@@ -314,7 +292,6 @@ def test_run_cache_restored_training_then_new_generate_params(with_beta_100: Pat
     assert (project / "outputs/generate_run_id.txt").read_text().strip() == new_id
 
 
-@ONE_PROJECT
 def test_mlflow_ui_serves_the_runs_over_rest(with_beta_100: Path, env: dict[str, str]) -> None:
     project = with_beta_100
     port = free_port()
@@ -352,7 +329,6 @@ def test_mlflow_ui_serves_the_runs_over_rest(with_beta_100: Path, env: dict[str,
         server.wait(timeout=30)
 
 
-@ONE_PROJECT
 def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
@@ -366,64 +342,3 @@ def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[s
     [generate] = children(runs, queued[0], "generate")
     artifact_dir = Path(generate.info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
-
-
-def test_parallel_queue_loses_no_run(clone_home: Path, env: dict[str, str]) -> None:
-    """Four queued experiments on two workers, starting from no mlflow.db at all."""
-    root = new_project(clone_home / "parallel", env, epochs=2)
-    betas = ["1.0", "10.0", "100.0", "500.0"]
-    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=1,10,100,500"], root, env)  # DVC's grid syntax
-    status = run_queue(root, env, jobs=2)
-    assert status.count("Success") == 4, status
-
-    runs, client = mlflow_runs(root)
-    training = by_stage(runs, "train")
-    assert sorted(r.data.params["beta"] for r in training) == sorted(betas)  # exactly four: none lost, none twice
-    assert len(runs) == 3 * len(betas)
-    for run_ in training:
-        assert run_.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run_.info.run_id, "test_loss")] == [1, 2]
-        [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
-        logged = {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
-        logged |= {a.path for a in client.list_artifacts(generate.info.run_id, "generate")}
-        assert set(IMAGES) <= logged
-        assert evaluate.data.params["beta"] == run_.data.params["beta"]
-        assert client.list_artifacts(run_.info.run_id, "checkpoint")
-    assert len(client.search_logged_models([runs[0].info.experiment_id])) == 2 * len(betas)  # decoder, encoder
-    for name in ("fashion-mnist-vae", "fashion-mnist-vae-encoder"):  # registered by four processes at once
-        versions = client.search_model_versions(f"name = '{name}'")
-        assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
-        assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in training)
-
-
-def test_progress_reaches_a_log_file_while_training_runs(clone_home: Path, env: dict[str, str]) -> None:
-    """`nohup dvc repro > run.log &`: each epoch's line is in the file while training still runs, not at the end."""
-    root = new_project(clone_home / "progress", env, epochs=5)
-    log = root / "run.log"
-    process = subprocess.Popen("dvc repro train > run.log 2>&1", shell=True, cwd=root, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while not log.exists() or "epoch 1/5" not in log.read_text():
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no epoch line within 300 s"
-            time.sleep(0.02)
-        # the model is written after the last epoch: a block-buffered stage shows its first epoch only then
-        assert not (root / "models/vae_fashion_mnist.pth").exists(), log.read_text()
-        assert "Running stage 'train'" in log.read_text()
-    finally:
-        assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
-    text = log.read_text()
-    assert all(f"epoch {n}/5" in text for n in range(1, 6)) and "prepare: source" in text
-
-
-def test_the_library_example_reads_the_readme_s_relative_data_dir(clone_home: Path, env: dict[str, str]) -> None:
-    root = new_project(clone_home / "example", env)
-    command = ["python", "-m", "vae.example", "--epochs", "1", "--limit", "128", "--out", "results"]
-    output = run(command, root, env)
-    assert "example: wrote" in output
-    assert sorted(p.name for p in (root / "results").iterdir()) == [
-        "vae_fashion_mnist.pth",
-        "vae_generated_samples.png",
-        "vae_interpolation.png",
-        "vae_reconstructions.png",
-    ]

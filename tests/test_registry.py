@@ -24,7 +24,7 @@ import yaml
 from conftest import write_fashion_mnist
 from project import by_stage, clean_env, free_port, mlflow_runs, new_project, restore_state, run, save_state
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("registry")]  # one project, on one worker
+pytestmark = pytest.mark.slow
 
 NAME, ENCODER = "fashion-mnist-vae", "fashion-mnist-vae-encoder"
 

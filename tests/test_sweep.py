@@ -158,7 +158,6 @@ def trial_runs(uri: str, parent: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-project")  # one project and server, on one worker
 def test_two_nodes_and_a_sqlite_store_is_one_line(project, cluster) -> None:
     root, env = project
     path = write_sweep(root, "grid", GRID)
@@ -171,7 +170,6 @@ def test_two_nodes_and_a_sqlite_store_is_one_line(project, cluster) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-project")  # one project and server, on one worker
 def test_a_grid_on_two_nodes_runs_every_trial_once_in_mlflow(project, server, cluster) -> None:
     root, env = project
     env = env | {"MLFLOW_TRACKING_URI": server.uri}
@@ -201,7 +199,6 @@ def test_a_grid_on_two_nodes_runs_every_trial_once_in_mlflow(project, server, cl
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-project")  # one project and server, on one worker
 def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server, cluster) -> None:
     root, env = project
     env = env | {"MLFLOW_TRACKING_URI": server.uri}
@@ -248,7 +245,6 @@ def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-project")  # one project and server, on one worker
 def test_a_trial_equals_the_dvc_stages_and_a_failing_trial_is_recorded(project) -> None:
     """Local Ray: one good and one diverging trial; --run-best reproduces the good one with `dvc exp run`."""
     root, env = project
@@ -280,7 +276,6 @@ def test_a_trial_equals_the_dvc_stages_and_a_failing_trial_is_recorded(project) 
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep-project")  # one project and server, on one worker
 def test_optuna_with_asha_leaves_no_run_running(project) -> None:
     root, env = project
     spec = {

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
 from project import (
     IMAGES,
     S3Server,
+    TrackingServer,
     by_stage,
     children,
     clean_env,
@@ -39,7 +38,7 @@ from project import (
     run,
     run_queue,
     set_params,
-    wait_until_healthy,
+    tags_of,
 )
 
 from vae.config import load_params
@@ -50,78 +49,8 @@ ARTIFACTS_DESTINATION = "s3://team/mlflow"
 TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"]
 
 
-class TrackingServer:
-    """``python -m vae.tracking.server --data-dir …`` (the README's command) in a process group of its own."""
-
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
-        self.env = os.environ | (env or {})  # the server's own settings (S3's credentials), not the clients'
-        self.command = [
-            sys.executable,
-            "-m",
-            "vae.tracking.server",
-            "--data-dir",
-            str(data_dir),
-            "--pg-port",
-            str(self.pg_port),
-            "--port",
-            str(self.port),
-            *extra,
-        ]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180) -> None:
-        log = open(self.data_dir.parent / "server.log", "a")  # noqa: SIM115 (the process holds it)
-        self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
-        )
-        wait_until_healthy(self.uri, self.process, self.data_dir.parent / "server.log", timeout)
-
-    def log_tail(self) -> str:
-        return (self.data_dir.parent / "server.log").read_text()[-3000:]
-
-    def kill(self) -> None:
-        """SIGKILL the tracking server's processes (not PostgreSQL, which pg_ctl runs in a session of its own)."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """SIGTERM, as a user's Ctrl-C: the server stops MLflow and PostgreSQL."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-    def api(self, path: str, body: dict | None = None) -> dict:
-        """Call MLflow's REST API: GET ``path``, or POST ``body`` as JSON."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.uri}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
-
-    def download(self, artifact_uri: str) -> bytes:
-        """An artifact's bytes through the server's artifact proxy (``mlflow-artifacts:/…``)."""
-        path = artifact_uri.removeprefix("mlflow-artifacts:/")
-        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{path}", timeout=30) as response:
-            return response.read()
-
-    def runs(self, experiment: str) -> list[dict]:
-        experiment_id = self.api(f"experiments/get-by-name?experiment_name={experiment}")["experiment"]["experiment_id"]
-        return self.api("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000}).get("runs", [])
-
-    def metric_steps(self, run_id: str, key: str) -> list[int]:
-        history = self.api(f"metrics/get-history?run_id={run_id}&metric_key={key}").get("metrics", [])
-        return sorted(m["step"] for m in history)
-
-
 def params_of(run_: dict) -> dict[str, str]:
     return {p["key"]: p["value"] for p in run_["data"].get("params", [])}
-
-
-def tags_of(run_: dict) -> dict[str, str]:
-    return {t["key"]: t["value"] for t in run_["data"].get("tags", [])}
 
 
 def md5(path: Path) -> str:
@@ -149,7 +78,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_pipeline_against_the_server_logs_everything_over_rest(
     server: TrackingServer, s3: S3Server, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -247,7 +175,6 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_two_queued_experiments_on_two_workers_against_the_server(
     server: TrackingServer, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -277,7 +204,6 @@ def saved_state(root: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("team-server")  # one server for these, on one worker
 def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     server: TrackingServer, tmp_path: Path
 ) -> None:
@@ -371,7 +297,6 @@ def test_a_password_on_the_command_line_is_refused_before_anything_starts(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("team-server")
 def test_the_database_password_is_in_no_command_line_and_no_log(server: TrackingServer) -> None:
     """`ps` shows every user each process's command line: the server's password must be in none of them."""
     password = (server.data_dir / "password").read_text().strip()
@@ -413,195 +338,3 @@ def test_a_bad_tracking_store_stops_train_before_any_work(
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("train: error: "), result.stderr
     assert expected in result.stderr and "wrong-password" not in result.stderr and "secret" not in result.stderr
     assert not (root / "models").exists() and not (root / "checkpoints").exists()
-
-
-@pytest.mark.slow
-def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
-    s3: S3Server, env: dict[str, str], tmp_path: Path
-) -> None:
-    origin = tmp_path / "origin.git"
-    run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
-    a = new_project(tmp_path / "a", env)
-    # clone A: docs/team.md's commands, the S3 credentials in the environment (never in a config file or argv)
-    env = env | s3.credentials
-    run(["dvc", "remote", "add", "-d", "storage", "s3://team/dvc"], a, env)
-    run(["dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint], a, env)
-    run(["dvc", "repro"], a, env)
-    run(["git", "add", "-A"], a, env)
-    run(["git", "commit", "-qm", "results"], a, env)
-    run(["git", "remote", "add", "origin", str(origin)], a, env)
-    run(["git", "push", "-q", "origin", "HEAD:main"], a, env)
-    run(["dvc", "push"], a, env)
-    lock = {
-        o["path"]: o["md5"]
-        for st in yaml.safe_load((a / "dvc.lock").read_text())["stages"].values()
-        for o in st["outs"]
-    }
-    pushed = set(s3.keys("dvc/files/md5/"))
-    for output in ("data/prepared", "models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "outputs/generate"):
-        assert f"dvc/files/md5/{lock[output][:2]}/{lock[output][2:]}" in pushed, output
-    out = run(["dvc", "exp", "run", "-S", "beta=100"], a, env)
-    [name] = re.findall(r"Ran experiment\(s\): (\S+)", out) or [None]
-    assert name, out
-    run(["dvc", "exp", "push", "origin", name], a, env)
-
-    b = tmp_path / "b"
-    run(["git", "clone", "-q", "--branch", "main", str(origin), str(b)], tmp_path, env)
-    run(["dvc", "pull"], b, env)
-    for output in ("models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "data/prepared/train.pt"):
-        assert (b / output).is_file(), output
-    assert (b / "data/prepared/train.pt").read_bytes() == (a / "data/prepared/train.pt").read_bytes()
-    assert "up to date" in run(["dvc", "status"], b, env)  # every output matches dvc.lock's hashes
-    assert "Running stage" not in run(["dvc", "repro"], b, env)  # nothing recomputed
-    assert not (b / "mlflow.db").exists()
-
-    run(["dvc", "exp", "pull", "origin", name], b, env)
-    table = json.loads(run(["dvc", "exp", "show", "-A", "--json"], b, env))
-    shown = {
-        exp["name"]: exp["revs"][0]["data"]
-        for rev in table
-        for exp in (rev.get("experiments") or [])
-        if exp.get("name")
-    }
-    assert name in shown, table
-    assert shown[name]["params"]["params.yaml"]["data"]["beta"] == 100
-    assert shown[name]["metrics"]["metrics/evaluate.json"]["data"]["nelbo"] > 0
-
-
-# --- authentication: MLflow's basic-auth app, on the team's server -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def auth_server() -> Iterator[TrackingServer]:
-    """`python -m vae.tracking.server --data-dir DIR --auth`, on a PostgreSQL of its own."""
-    require_postgres()
-    folder = shared_temp_dir("vae-auth-")
-    server = TrackingServer(folder / "tracking", "--auth")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        LocalPostgres(server.data_dir, server.pg_port).stop()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def as_user(server: TrackingServer, path: str, body: dict | None, user: str, password: str) -> tuple[int, dict]:
-    """MLflow's REST API as ``user`` (HTTP basic authentication); returns the status and the JSON answer."""
-    import base64
-
-    data = None if body is None else json.dumps(body).encode()
-    url = f"{server.uri}/api/{path}"
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as err:
-        return err.code, {}
-
-
-def admin_password(server: TrackingServer) -> str:
-    return (server.data_dir / "auth" / "admin_password").read_text().strip()
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("team-auth")
-def test_the_authenticated_server_keeps_its_secrets_private_and_lets_no_one_in(
-    auth_server: TrackingServer, env: dict[str, str], tmp_path: Path
-) -> None:
-    auth = auth_server.data_dir / "auth"
-    assert oct(auth.stat().st_mode & 0o777) == "0o700"
-    for name in ("admin_password", "flask_secret_key", "basic_auth.ini", "basic_auth.db"):
-        assert oct((auth / name).stat().st_mode & 0o777) == "0o600", name
-    assert admin_password(auth_server) != "password1234" and len(admin_password(auth_server)) >= 32
-    log = (auth_server.data_dir.parent / "server.log").read_text()
-    assert "authentication on" in log and admin_password(auth_server) not in log
-
-    with pytest.raises(urllib.error.HTTPError) as anonymous:  # no credentials: refused
-        auth_server.api("experiments/search?max_results=1")
-    assert anonymous.value.code == 401
-    assert as_user(auth_server, "2.0/mlflow/experiments/search?max_results=1", None, "admin", "wrong")[0] == 401
-
-    root = new_project(tmp_path / "project", env, experiment="team-auth")
-    run(["dvc", "repro", "prepare"], root, env)
-    train = [sys.executable, "stages/train.py"]
-    for extra, expected in [
-        ({}, "answered HTTP 401: it has authentication on: export MLFLOW_TRACKING_USERNAME=NAME"),
-        ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"}, "refused user admin's password"),
-    ]:
-        result = subprocess.run(
-            train, cwd=root, env=env | {"MLFLOW_TRACKING_URI": auth_server.uri} | extra, capture_output=True, text=True
-        )
-        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-        assert result.stderr.startswith(f"train: error: MLflow tracking server {auth_server.uri} ") and expected in (
-            result.stderr
-        )
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("team-auth")
-def test_an_edit_user_trains_and_a_read_user_reads_but_changes_nothing(
-    auth_server: TrackingServer, env: dict[str, str], tmp_path: Path
-) -> None:
-    """As docs/team.md says: the admin adds users, gives the trainer EDIT; a READ user can only read."""
-    import mlflow
-
-    admin = ("admin", admin_password(auth_server))
-    for user in ("trainer", "reader"):
-        status, _ = as_user(
-            auth_server, "2.0/mlflow/users/create", {"username": user, "password": f"{user}-pw-12345"}, *admin
-        )
-        assert status == 200
-    status, created = as_user(auth_server, "2.0/mlflow/experiments/create", {"name": "team-auth-edit"}, *admin)
-    assert status == 200
-    resources = [("experiment", created["experiment_id"])]
-    for name in ("fashion-mnist-vae", "fashion-mnist-vae-encoder"):
-        assert as_user(auth_server, "2.0/mlflow/registered-models/create", {"name": name}, *admin)[0] == 200
-        resources.append(("registered_model", name))
-    for kind, resource in resources:
-        grant = {"username": "trainer", "resource_type": kind, "resource_id": resource, "permission": "EDIT"}
-        assert as_user(auth_server, "3.0/mlflow/users/permissions/grant", grant, *admin)[0] == 200, grant
-
-    trainer = env | {
-        "MLFLOW_TRACKING_URI": auth_server.uri,
-        "MLFLOW_TRACKING_USERNAME": "trainer",
-        "MLFLOW_TRACKING_PASSWORD": "trainer-pw-12345",
-    }
-    root = new_project(tmp_path / "project", trainer, experiment="team-auth-edit")
-    run(["dvc", "repro"], root, trainer)  # the whole pipeline, as the EDIT user
-    runs = as_user(auth_server, "2.0/mlflow/runs/search", {"experiment_ids": [created["experiment_id"]]}, *admin)[1]
-    assert sorted(tags_of(r).get("pipeline_stage") for r in runs["runs"]) == ["evaluate", "generate", "train"]
-    [training] = [r for r in runs["runs"] if tags_of(r).get("pipeline_stage") == "train"]
-    run_id = training["info"]["run_id"]
-    alias = {"name": "fashion-mnist-vae", "alias": "champion", "version": "1"}
-    assert as_user(auth_server, "2.0/mlflow/registered-models/alias", alias, "trainer", "trainer-pw-12345")[0] == 200
-
-    reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "reader-pw-12345"}
-    for key, value in reader.items():
-        os.environ[key] = value
-    try:
-        client = mlflow.MlflowClient(tracking_uri=auth_server.uri)
-        assert client.get_run(run_id).info.status == "FINISHED"  # READ: every run and metric
-        assert client.get_registered_model("fashion-mnist-vae").aliases == {"champion": "1"}
-        with pytest.raises(mlflow.exceptions.MlflowException) as denied:
-            client.delete_run(run_id)
-        assert denied.value.error_code == "PERMISSION_DENIED"
-        with pytest.raises(mlflow.exceptions.MlflowException) as denied:
-            client.set_registered_model_alias("fashion-mnist-vae", "champion", "2")
-        assert denied.value.error_code == "PERMISSION_DENIED"
-    finally:
-        for key in reader:
-            del os.environ[key]
-    assert (
-        as_user(auth_server, f"2.0/mlflow/runs/get?run_id={run_id}", None, *admin)[1]["run"]["info"]["lifecycle_stage"]
-        == "active"
-    )
-    # a READ user's training stops before any work with one line naming what to ask for
-    result = subprocess.run(
-        [sys.executable, "stages/train.py"], cwd=root, env=trainer | reader, capture_output=True, text=True
-    )
-    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert "answered HTTP 403: user reader may not write runs or models there: ask the server's admin for EDIT" in (
-        result.stderr
-    )
