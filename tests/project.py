@@ -98,13 +98,19 @@ def copy_repo(dest: Path) -> None:
 
 
 def new_project(
-    root: Path, env: dict[str, str], epochs: int = 1, train_limit: int = 300, experiment: str = EXPERIMENT
+    root: Path,
+    env: dict[str, str],
+    epochs: int = 1,
+    train_limit: int = 300,
+    experiment: str = EXPERIMENT,
+    log_models: bool = True,
 ) -> Path:
-    """A git + DVC repository copied from this one, with tiny params, committed."""
+    """A git + DVC repository copied from this one, with tiny params, committed. ``log_models=False``
+    where a test loads no MLflow model: exporting them is seconds of every training run."""
     copy_repo(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update(epochs=epochs)
-    params["mlflow"].update(experiment_name=experiment)
+    params["mlflow"].update(experiment_name=experiment, log_models=log_models)
     params["data"].update(train_limit=train_limit, test_limit=200)
     params["train"].update(batch_size=64)
     params["classifier"].update(epochs=1, min_accuracy=0.0)  # a few hundred images cannot reach 88%
@@ -132,9 +138,20 @@ def restore_state(saved: Path, folder: Path) -> Path:
     """Put ``folder`` back as :func:`save_state` saved it, at the same path: MLflow's artifact URIs and
     DVC's state are absolute, so a copy elsewhere would still point at the original. Each test that
     changes a shared project starts from its saved state, whatever ran before it."""
+    _forget_sqlite_engines(folder)
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(saved, folder, symlinks=True)
     return folder
+
+
+def _forget_sqlite_engines(folder: Path) -> None:
+    """Drop this process's MLflow engines on SQLite files under ``folder``: MLflow keeps one per URI, whose
+    pooled connections would go on reading the replaced (deleted) file instead of the restored one."""
+    stores = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store")
+    for module in (sys.modules[name] for name in stores if name in sys.modules):
+        engines = module.SqlAlchemyStore._engine_map
+        for uri in [uri for uri in engines if str(folder) in uri]:
+            engines.pop(uri).dispose()
 
 
 def set_params(path: Path, **changes: object) -> None:

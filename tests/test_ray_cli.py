@@ -92,7 +92,7 @@ def test_the_documented_ray_start_cluster_with_token_auth_runs_a_sweep(tmp_path:
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.fail("this test needs `unshare -n` (util-linux) and the right to make a network namespace (root)")
     env = readme_layout(tmp_path)
-    root = new_project(tmp_path / "main", env, train_limit=400)
+    root = new_project(tmp_path / "main", env, train_limit=400, log_models=False)
     run(["dvc", "repro", "classifier"], root, env)
     spec = {"space": {"beta": [100, 500]}, "epochs": 1, "max_failures": 0}
     (root / "sweeps" / "cli.yaml").write_text(yaml.safe_dump(spec))

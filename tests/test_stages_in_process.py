@@ -195,3 +195,27 @@ def test_an_experiment_created_by_another_process_meanwhile_is_used(
     monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup_before_the_other_process_created_it)
     assert setup_experiment("created-meanwhile") == existing
     assert len(lookups) == 2
+
+
+@pytest.mark.parametrize("log_models", [True, False])
+def test_mlflow_log_models_false_logs_the_checkpoint_alone(project: Path, log_models: bool) -> None:
+    import mlflow
+
+    from vae.pipeline import train
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params.update(epochs=1)
+    params["train"].update(batch_size=32)
+    params["mlflow"].update(log_models=log_models, log_images_every=0)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    train.main()
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(paths.TRAIN_RUN_ID.read_text().strip())
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+        "checkpoint/vae_fashion_mnist.pth"
+    ]
+    models = client.search_logged_models([run.info.experiment_id])
+    assert sorted(m.name for m in models) == (["encoder", "model"] if log_models else [])
+    versions = client.search_model_versions("name = 'fashion-mnist-vae'")
+    assert len(versions) == (1 if log_models else 0)  # nothing to register without the models

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project import EXPERIMENT, MlflowServer, free_port, mlflow_runs, new_project, readme_layout, run
+from project import (
+    EXPERIMENT,
+    MlflowServer,
+    free_port,
+    mlflow_runs,
+    new_project,
+    readme_layout,
+    restore_state,
+    run,
+    save_state,
+)
 
 from vae.sweep import command as sweep_cli
 
@@ -115,13 +125,21 @@ def test_the_reproduce_command_spells_values_dvc_reads_back() -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A tiny DVC project whose prepare and classifier stages ran (what a sweep needs)."""
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """A tiny DVC project whose prepare and classifier stages ran (what a sweep needs), its saved state,
+    and its environment."""
     home = tmp_path_factory.mktemp("sweep")
     env = readme_layout(home, n_train=400, n_test=200)  # the README's relative FASHION_MNIST_DIR, as written
-    root = new_project(home / "main", env, train_limit=400)
+    root = new_project(home / "main", env, train_limit=400, log_models=False)
     run(["dvc", "repro", "classifier"], root, env)
-    return root, env
+    return root, save_state(root, home / "saved"), env
+
+
+@pytest.fixture
+def project(prepared: tuple[Path, Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    """The prepared project as it was saved: a test's sweeps and `--run-best` experiments leave no trace."""
+    root, saved, env = prepared
+    return restore_state(saved, root), env
 
 
 @pytest.fixture(scope="module")

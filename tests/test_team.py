@@ -179,7 +179,7 @@ def test_two_queued_experiments_on_two_workers_against_the_server(
     server: TrackingServer, env: dict[str, str], tmp_path: Path
 ) -> None:
     env = env | {"MLFLOW_TRACKING_URI": server.uri}
-    root = new_project(tmp_path / "queue", env, experiment="team-queue")
+    root = new_project(tmp_path / "queue", env, experiment="team-queue", log_models=False)
     run(["dvc", "exp", "run", "--queue", "-S", "beta=1,10"], root, env)
     status = run_queue(root, env, jobs=2)  # dvc queue start -j 2
     assert status.count("Success") == 2, status
@@ -210,7 +210,9 @@ def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     # enough images for an epoch to take a few seconds, so the kill lands in epoch 2
     env = clean_env(write_fashion_mnist(tmp_path / "idx", 2048, 256)) | {"MLFLOW_TRACKING_URI": server.uri}
     env["FASHION_MNIST_DIR"] = str(tmp_path / "idx")
-    root = new_project(tmp_path / "project", env, epochs=3, train_limit=2048, experiment="team-server-death")
+    root = new_project(
+        tmp_path / "project", env, epochs=3, train_limit=2048, experiment="team-server-death", log_models=False
+    )
     # metrics only: the kill must land in epoch 2's training, not in epoch 1's picture uploads
     set_params(root / "params.yaml", **{"mlflow.log_images_every": 0})
     run(["dvc", "repro", "prepare"], root, env)

@@ -24,7 +24,7 @@ def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
 ) -> None:
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
-    a = new_project(tmp_path / "a", env)
+    a = new_project(tmp_path / "a", env, log_models=False)
     # clone A: docs/team.md's commands, the S3 credentials in the environment (never in a config file or argv)
     env = env | s3.credentials
     run(["dvc", "remote", "add", "-d", "storage", "s3://team/dvc"], a, env)

@@ -128,6 +128,8 @@ class GenerateParams(_Section):
 class MlflowParams(_Section):
     experiment_name: Text
     system_metrics: bool  # log CPU, memory (and GPU) use during training as system/* metrics
+    # the decoder and encoder as MLflow models (torch.export: seconds a run); false: the checkpoint alone
+    log_models: bool
     registered_model: Text | None  # each training run's models become new versions of it (null: not registered)
     log_images_every: Annotated[int, Field(ge=0)]  # samples and reconstructions after every N-th epoch (0: never)
 

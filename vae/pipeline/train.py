@@ -245,6 +245,7 @@ def train_pipeline(
                 "checkpoint_md5": file_md5(paths.MODEL),  # the DVC artifact's hash in dvc.lock
             }
             | provenance,
+            as_models=params.mlflow.log_models,
         )
         write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
     served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"

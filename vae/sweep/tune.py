@@ -203,10 +203,13 @@ def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: tor
         # evaluated as the evaluate stage does it: the saved model, loaded back
         saved, _ = load_model(checkpoint, device, expected_latent_dim=params.latent_dim)
         fast_cpu.enable(saved)
-        metrics, _ = evaluate_model(saved, setup.classifier, setup.train, setup.test, params, device)
+        # the classifier embeds the Fréchet features where the trial computes, as in the evaluate stage
+        classifier = setup.classifier.to(device, memory_format=torch.channels_last)
+        metrics, _ = evaluate_model(saved, classifier, setup.train, setup.test, params, device)
         evaluation = {EVALUATION_PREFIX + key: value for key, value in metrics.items()}
         mlflow.log_metrics(evaluation, step=params.epochs)
-        log_models(saved, checkpoint, None, {})  # logged, not registered: the winner is, once reproduced by DVC
+        # logged, not registered: the winner is, once reproduced by DVC
+        log_models(saved, checkpoint, None, {}, as_models=params.mlflow.log_models)
     return evaluation
 
 
@@ -261,7 +264,9 @@ def connect(address: str | None) -> None:
     from ray.exceptions import AuthenticationError
 
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # "local": a Ray of its own, never the cluster a `ray start` on this machine left in /tmp/ray, which
+        # ray.init(address=None) would join
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, configure_logging=False)
     except AuthenticationError:
         raise SweepError(
             f"RAY_ADDRESS={address}: token authentication is on but this machine has no Ray token: {TOKEN_HINT}"

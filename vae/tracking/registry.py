@@ -109,7 +109,13 @@ def _log_exported(module: nn.Module, example: torch.Tensor, name: str, registere
     return None if info.registered_model_version is None else str(info.registered_model_version)
 
 
-def log_models(model: VAE, checkpoint: Path, registered_model: str | None, version_tags: dict[str, str]) -> None:
+def log_models(
+    model: VAE,
+    checkpoint: Path,
+    registered_model: str | None,
+    version_tags: dict[str, str],
+    as_models: bool = True,
+) -> None:
     """Log the decoder and the encoder as MLflow models of the active run, and register both.
 
     ``mlflow.pytorch.load_model`` gives back a module: the decoder maps a latent
@@ -119,10 +125,14 @@ def log_models(model: VAE, checkpoint: Path, registered_model: str | None, versi
     signatures say so). With ``registered_model`` set, each becomes a new
     version of ``registered_model`` and of its ``-encoder``, tagged with
     ``version_tags``. The whole VAE's checkpoint is logged under ``checkpoint/``
-    (rebuild it with :func:`vae.storage.load_model`).
+    (rebuild it with :func:`vae.storage.load_model`). ``as_models=False`` (``mlflow.log_models: false``)
+    logs the checkpoint alone: no export, nothing registered.
     """
     import mlflow
 
+    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+    if not as_models:
+        return
     latents = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(0))
     images = torch.rand(4, model.input_channels, 32, 32, generator=torch.Generator().manual_seed(0))
     encoder_registered = encoder_name(registered_model) if registered_model else None
@@ -135,7 +145,6 @@ def log_models(model: VAE, checkpoint: Path, registered_model: str | None, versi
         if name is not None:
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
-    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
 
 
 def decoder_model_id(training_run_id: str) -> str | None:
