@@ -244,3 +244,28 @@ def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_pa
     monkeypatch.setenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
     images = mlflow.pyfunc.load_model(uri).predict(np.zeros((3, 2), dtype=np.float32))
     assert np.asarray(images).shape == (3, 1, 32, 32)
+
+
+def test_the_iw_estimate_decodes_in_the_same_chunks_on_a_gpu(monkeypatch) -> None:
+    """The chunks fix which noise each image gets: chunks sized by device made the estimate depend on it."""
+    from vae import metrics
+    from vae.model import VAE
+
+    model, images = VAE(latent_dim=2), torch.rand(120, 1, 32, 32)
+    encode = model.encode
+
+    def estimate_as_if_on(device: str) -> tuple[float, list[int]]:
+        chunks: list[int] = []
+
+        def recording_encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            chunks.append(len(x))
+            return encode(x)
+
+        monkeypatch.setattr(model, "encode", recording_encode)
+        monkeypatch.setattr(metrics, "model_device", lambda m: torch.device(device))  # where it would compute
+        monkeypatch.setattr(metrics, "batch_images", lambda chunk, d: chunk)  # …computed here, on the CPU
+        monkeypatch.setattr(metrics, "standard_normal", lambda shape, d, g: torch.randn(shape, generator=g))
+        noise = torch.Generator().manual_seed(0)
+        return metrics.importance_weighted_log_likelihood(model, images, 10, generator=noise), chunks
+
+    assert estimate_as_if_on("cuda") == estimate_as_if_on("cpu")
