@@ -15,17 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from project import (
-    IMAGES,
-    by_stage,
-    children,
-    free_port,
-    new_project,
-    restore_state,
-    run,
-    run_queue,
-    save_state,
-)
+from project import IMAGES, by_stage, children, free_port, new_project, run, run_queue
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
@@ -52,34 +42,12 @@ OUTPUTS = [
 
 
 @pytest.fixture(scope="module")
-def reproduced(clone_home: Path, env: dict[str, str]) -> Path:
-    """The saved state of a tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`."""
+def project(clone_home: Path, env: dict[str, str]) -> Path:
+    """A tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`. Its tests build on
+    each other in this file's order (the beta=100 experiment, then experiments from it)."""
     root = new_project(clone_home / "main", env)
     run(["dvc", "repro"], root, env)
-    return save_state(root, clone_home / "saved-repro")
-
-
-@pytest.fixture
-def project(clone_home: Path, reproduced: Path) -> Path:
-    """The clone after `dvc repro`, as it was right after it: each test may change it."""
-    return restore_state(reproduced, clone_home / "main")
-
-
-@pytest.fixture(scope="module")
-def experimented(clone_home: Path, env: dict[str, str], reproduced: Path) -> tuple[Path, str]:
-    """The saved state of the clone after its results were committed and `dvc exp run --set-param beta=100`
-    ran (the README's experiment), and that command's output."""
-    root = restore_state(reproduced, clone_home / "main")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline results"], root, env)
-    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], root, env)
-    return save_state(root, clone_home / "saved-beta-100"), out
-
-
-@pytest.fixture
-def with_beta_100(clone_home: Path, experimented: tuple[Path, str]) -> Path:
-    """The clone holding two experiments (β=500 committed, β=100 in the workspace), as it was right after."""
-    return restore_state(experimented[0], clone_home / "main")
+    return root
 
 
 def mlflow_runs(root: Path) -> tuple[list, object]:
@@ -169,8 +137,10 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-def test_experiment_with_another_beta(with_beta_100: Path, experimented: tuple[Path, str], env: dict[str, str]) -> None:
-    project, out = with_beta_100, experimented[1]
+def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> None:
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "baseline results"], project, env)
+    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], project, env)
     assert "Stage 'prepare' didn't change, skipping" in out
     assert all(f"Running stage '{stage}'" in out for stage in ("train", "evaluate", "generate"))
     table = json.loads(run(["dvc", "exp", "show", "--json"], project, env))
@@ -187,10 +157,8 @@ def test_experiment_with_another_beta(with_beta_100: Path, experimented: tuple[P
     assert metrics["metrics/train.json"]["data"]["loss"] > 0
 
 
-def test_mlflow_holds_both_runs_with_metrics_images_and_model(with_beta_100: Path) -> None:
+def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> None:
     import mlflow
-
-    project = with_beta_100
 
     runs, client = mlflow_runs(project)
     training = {run_.data.params["beta"]: run_ for run_ in by_stage(runs, "train")}
@@ -247,10 +215,7 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(with_beta_100: Pat
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
-def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(
-    with_beta_100: Path, env: dict[str, str]
-) -> None:
-    project = with_beta_100
+def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project: Path, env: dict[str, str]) -> None:
     before = snapshot(project)
     out = run(["dvc", "exp", "run", "--set-param", "evaluate.knn_k=7"], project, env)
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
@@ -272,9 +237,8 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(
         print(f"  {key}: {[(m.step, m.value) for m in client.get_metric_history(new_id, key)]}")
 
 
-def test_run_cache_restored_training_then_new_generate_params(with_beta_100: Path, env: dict[str, str]) -> None:
+def test_run_cache_restored_training_then_new_generate_params(project: Path, env: dict[str, str]) -> None:
     """Train and evaluate come back from DVC's run cache; generate runs anew, in a run of its own."""
-    project = with_beta_100
     before = snapshot(project)
     out = run(["dvc", "exp", "run", "-S", "beta=500", "-S", "evaluate.knn_k=5", "-S", "generate.seed=3"], project, env)
     assert "Running stage 'train'" not in out and "Running stage 'evaluate'" not in out, out
@@ -292,8 +256,7 @@ def test_run_cache_restored_training_then_new_generate_params(with_beta_100: Pat
     assert (project / "outputs/generate_run_id.txt").read_text().strip() == new_id
 
 
-def test_mlflow_ui_serves_the_runs_over_rest(with_beta_100: Path, env: dict[str, str]) -> None:
-    project = with_beta_100
+def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str]) -> None:
     port = free_port()
     # exactly the README's command, from the project root, bound to loopback on a free port
     server = subprocess.Popen(

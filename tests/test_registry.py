@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
-from project import by_stage, clean_env, free_port, mlflow_runs, new_project, restore_state, run, save_state
+from project import by_stage, clean_env, free_port, mlflow_runs, new_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -30,34 +30,15 @@ NAME, ENCODER = "fashion-mnist-vae", "fashion-mnist-vae-encoder"
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, dict[str, str]]:
-    """The project's folder, its saved states with two registered runs before and after the README's
-    `python -m vae.tracking.promote`, and the environment of the processes that use it."""
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     env = clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
-    home = tmp_path_factory.mktemp("registry")
-    root = new_project(home / "project", env)
+    root = new_project(tmp_path_factory.mktemp("registry"), env)
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "results"], root, env)
     run(["dvc", "exp", "run", "-S", "beta=1"], root, env)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"  # for the processes below
-    registered = save_state(root, home / "saved-registered")
-    assert promote(root, env).returncode == 0
-    return root, registered, save_state(root, home / "saved-promoted"), env
-
-
-@pytest.fixture
-def project(saved: tuple[Path, Path, Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
-    """Two registered training runs (β=500 from `dvc repro`, β=1 from `dvc exp run`), nothing promoted yet."""
-    root, registered, _, env = saved
-    return restore_state(registered, root), env
-
-
-@pytest.fixture
-def promoted(saved: tuple[Path, Path, Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
-    """The same after `python -m vae.tracking.promote`: both models' ``champion`` is the best run's."""
-    root, _, promoted_state, env = saved
-    return restore_state(promoted_state, root), env
+    return root, env
 
 
 def client(root: Path):
@@ -156,6 +137,7 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     if worst_knn != best_knn:  # higher is better: the direction matters
         assert promote(root, env, "--metric", "eval_knn_accuracy").returncode == 0
         assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_knn]
+    assert promote(root, env).returncode == 0  # back to the default ranking for the tests below
 
 
 @pytest.mark.parametrize(
@@ -177,9 +159,9 @@ def test_promote_refuses_a_metric_it_cannot_rank_by_in_one_line(
 
 
 @pytest.fixture
-def serve(promoted: tuple[Path, dict[str, str]]) -> Iterator:
-    """Start `mlflow models serve` (the README's command) for a model URI of the promoted project; stop it after."""
-    root, env = promoted
+def serve(project: tuple[Path, dict[str, str]]) -> Iterator:
+    """Start `mlflow models serve` (the README's command) for a model URI; stop it at the end."""
+    root, env = project
     servers: list[subprocess.Popen] = []
 
     def start(uri: str) -> str:
@@ -230,8 +212,8 @@ def test_the_champion_decoder_is_served_over_rest_and_rejects_a_wrong_latent_wid
     assert status == 400 and "does not match expected shape (-1, 2)" in answer["message"]
 
 
-def test_the_champion_encoder_embeds_images_without_this_package(promoted: tuple[Path, dict[str, str]], serve) -> None:
-    root, env = promoted
+def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[Path, dict[str, str]], serve) -> None:
+    root, env = project
     from vae.storage import load_model, load_prepared
     from vae.utils import batch_images
 
@@ -268,8 +250,8 @@ def test_the_champion_encoder_embeds_images_without_this_package(promoted: tuple
     assert status == 400 and "does not match expected shape (-1, 1, 32, 32)" in answer["message"]
 
 
-def test_the_champion_decoder_loads_by_alias(promoted: tuple[Path, dict[str, str]]) -> None:
-    root, env = promoted
+def test_the_champion_decoder_loads_by_alias(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
     code = (
         "import torch, mlflow; "
         f"d = mlflow.pytorch.load_model('models:/{NAME}@champion'); x = d(torch.randn(4, 2)); "
