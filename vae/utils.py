@@ -134,9 +134,9 @@ def get_device(preference: str = "auto", granted_gpus: int | None = None) -> tor
     count = torch.cuda.device_count() if available else 0
     if preference == "auto":
         if not count:
-            if nvml_gpu_count():
+            if unusable := nvml_gpu_count():
                 print(
-                    f"device: the driver sees {nvml_gpu_count()} GPU(s) that this PyTorch "
+                    f"device: the driver sees {unusable} GPU(s) that this PyTorch "
                     f"(CUDA {torch.version.cuda}) cannot use: training on the CPU; update the NVIDIA driver "
                     "(README, Set up)",
                     file=sys.stderr,
