@@ -68,7 +68,7 @@ def main() -> None:
         sweep.base["mlflow"]["system_metrics"] = False
         from vae.sweep import tune as sweeping  # Ray: the sweep extra
 
-        train, test, classifier = sweeping.load_setup_data()
+        train, val, classifier = sweeping.load_setup_data()
         device = get_device(sweep.params({}).train.device)
         images = len(train) * args.epochs * args.trials
         print(f"CPU: {platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}); device {device}")
@@ -77,9 +77,9 @@ def main() -> None:
         started = time.perf_counter()
         for seed in range(args.trials):
             params = sweep.params({"train.seed": seed})
-            training = start_training(params, train, test, device)
+            training = start_training(params, train, val, device)
             training.run(lambda epoch, metrics: None)
-            evaluate_model(training.model, classifier.to(device), train, test, params, device)
+            evaluate_model(training.model, classifier.to(device), train, {"val": val}, params, device)
         sequential = time.perf_counter() - started
 
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"

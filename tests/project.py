@@ -111,7 +111,7 @@ def new_project(
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.update(epochs=epochs)
     params["mlflow"].update(experiment_name=experiment, log_models=log_models)
-    params["data"].update(train_limit=train_limit, test_limit=200)
+    params["data"].update(val_size=100, train_limit=train_limit, test_limit=200)
     params["train"].update(batch_size=64)
     params["classifier"].update(epochs=1, min_accuracy=0.0)  # a few hundred images cannot reach 88%
     params["evaluate"].update(iw_samples=10, fd_samples=500)
@@ -168,23 +168,22 @@ def set_params(path: Path, **changes: object) -> None:
 
 def prepared_project(folder: Path, monkeypatch: object, **changes: object) -> Path:
     """``folder/project`` as the working directory: dvc.yaml, params.yaml with dotted ``changes``
-    (``{"train.batch_size": 32}``), tiny prepared data (96 training, 64 test images), a store of its own."""
+    (``{"train.batch_size": 32}``), tiny data prepared by the prepare stage (of 96 training images, 32 for
+    validation unless ``changes`` say otherwise; 64 test images), a store of its own."""
     from conftest import write_fashion_mnist
 
-    from vae.data import read_split
-    from vae.pipeline import paths
-    from vae.storage import save_prepared
+    from vae.pipeline import prepare
 
     source = write_fashion_mnist(folder / "idx", n_train=96, n_test=64)
     root = folder / "project"
     root.mkdir()
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    set_params(root / "params.yaml", **changes)
+    set_params(root / "params.yaml", **({"data.val_size": 32} | changes))
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    save_prepared(read_split(source, "train"), paths.PREPARED_TRAIN)
-    save_prepared(read_split(source, "test"), paths.PREPARED_TEST)
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(source))
+    prepare.main()
     return root
 
 

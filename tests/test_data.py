@@ -5,7 +5,16 @@ import pytest
 import torch
 from conftest import idx_bytes, write_fashion_mnist
 
-from vae.data import CLASS_NAMES, ENV_VAR, DataError, load_fashion_mnist, read_split, resolve_data_dir
+from vae.data import (
+    CLASS_NAMES,
+    ENV_VAR,
+    DataError,
+    FashionMNISTSplit,
+    load_fashion_mnist,
+    read_split,
+    resolve_data_dir,
+    split_validation,
+)
 
 
 def test_gzip_and_plain_files_read_identically(tmp_path: Path) -> None:
@@ -126,3 +135,36 @@ def test_real_data_sizes(real_data_dir: Path) -> None:
     test = read_split(real_data_dir, "test")
     assert test.images.shape == (10_000, 1, 32, 32)
     assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def _numbered(n: int) -> FashionMNISTSplit:
+    """``n`` images whose first pixels spell their index, labels 0..9 in turn: each image is unique."""
+    images = torch.zeros(n, 1, 32, 32, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = torch.arange(n) % 256, torch.arange(n) // 256
+    return FashionMNISTSplit(images, torch.arange(n) % 10)
+
+
+def _index(split: FashionMNISTSplit) -> list[int]:
+    return (split.images[:, 0, 0, 0].long() + 256 * split.images[:, 0, 0, 1].long()).tolist()
+
+
+def test_the_validation_split_is_disjoint_stratified_ordered_and_seeded() -> None:
+    data = _numbered(1000)
+    rest, val = split_validation(data, 200, seed=0)
+    assert sorted(_index(rest) + _index(val)) == list(range(1000))  # every image on exactly one side
+    assert _index(val) == sorted(_index(val)) and _index(rest) == sorted(_index(rest))  # the original order
+    assert torch.bincount(val.labels).tolist() == [20] * 10  # each class its share
+    assert torch.equal(val.labels, data.labels[_index(val)])  # labels stay with their images
+    again, other = split_validation(data, 200, seed=0)[1], split_validation(data, 200, seed=1)[1]
+    assert _index(again) == _index(val) and _index(other) != _index(val)
+
+
+@pytest.mark.parametrize("size", [5, 995, 1000])
+def test_a_validation_size_no_stratified_split_allows_is_named(size: int) -> None:
+    with pytest.raises(DataError, match=rf"^data.val_size = {size}: a stratified split of 1000 images in 10 classes"):
+        split_validation(_numbered(1000), size, seed=0)
+
+
+def test_the_real_validation_split(real_data_dir: Path) -> None:
+    rest, val = split_validation(read_split(real_data_dir, "train"), 5000, seed=0)
+    assert len(rest) == 55_000 and torch.bincount(val.labels).tolist() == [500] * 10

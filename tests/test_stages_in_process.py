@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
-from project import prepared_project
+from project import prepared_project, set_params
 
 from vae.classifier import FashionClassifier, save_classifier
 from vae.config import load_params
@@ -55,16 +55,43 @@ def test_the_same_checkpoint_gives_the_same_sampled_metrics_twice(project: Path)
     params = load_params()
     model, _ = load_model(paths.MODEL)
     classifier = load_classifier(paths.CLASSIFIER)
-    train, test = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST)
-    first, _ = evaluate.evaluate_model(model, classifier, train, test, params, torch.device("cpu"))
+    train = load_prepared(paths.PREPARED_TRAIN)
+    splits = {"val": load_prepared(paths.PREPARED_VAL), "test": load_prepared(paths.PREPARED_TEST)}
+    first, _ = evaluate.evaluate_model(model, classifier, train, splits, params, torch.device("cpu"))
     torch.randn(1000)  # whatever drew from the global generator in between
-    second, _ = evaluate.evaluate_model(model, classifier, train, test, params, torch.device("cpu"))
+    second, _ = evaluate.evaluate_model(model, classifier, train, splits, params, torch.device("cpu"))
     assert first == second
-    assert tuple(first) == evaluate.METRIC_NAMES  # what a sweep may optimise
+    # validation's and test's β-independent metrics (validation's are what a sweep may optimise), test's losses
+    per_split = [f"{split}_{name}" for split in ("val", "test") for name in evaluate.SPLIT_METRICS]
+    assert set(first) == set(per_split) | set(evaluate.LOSS_NAMES)
+    assert first["val_nelbo"] != first["test_nelbo"]  # two splits, two numbers
     other_seed = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"seed": 1})})
-    third, _ = evaluate.evaluate_model(model, classifier, train, test, other_seed, torch.device("cpu"))
-    assert third["classifier_frechet_distance"] != first["classifier_frechet_distance"]  # the seed does count
-    assert third["iw_log_likelihood"] != first["iw_log_likelihood"]
+    third, _ = evaluate.evaluate_model(model, classifier, train, splits, other_seed, torch.device("cpu"))
+    assert third["val_classifier_frechet_distance"] != first["val_classifier_frechet_distance"]  # the seed counts
+    assert third["test_iw_log_likelihood"] != first["test_iw_log_likelihood"]
+
+
+def test_training_never_reads_the_test_set(project: Path) -> None:
+    from vae.pipeline import train
+
+    paths.PREPARED_TEST.unlink()  # any read of it would fail the stage
+    set_params(Path("params.yaml"), epochs=1, **{"train.batch_size": 32, "mlflow.log_models": False})
+    train.main()
+    history = paths.TRAIN_HISTORY.read_text().splitlines()[0].split(",")
+    assert {"val_loss", "val_reconstruction_loss", "val_kl_loss"} <= set(history)
+    assert not [column for column in history if column.startswith("test")]
+
+
+def test_validation_stays_the_same_images_whatever_train_limit(project: Path) -> None:
+    from vae.pipeline import prepare
+
+    val, train = paths.PREPARED_VAL.read_bytes(), paths.PREPARED_TRAIN.read_bytes()
+    set_params(Path("params.yaml"), **{"data.train_limit": 10})
+    prepare.main()
+    assert paths.PREPARED_VAL.read_bytes() == val and paths.PREPARED_TRAIN.read_bytes() != train
+    set_params(Path("params.yaml"), **{"data.val_size": 0})
+    prepare.main()
+    assert not paths.PREPARED_VAL.exists()  # none: a refit on every training image
 
 
 def test_only_user_errors_become_one_line(capsys: pytest.CaptureFixture) -> None:
@@ -157,8 +184,8 @@ def test_training_run_records_its_data_and_system_metrics_as_the_param_says(
     assert ("system/cpu_utilization_percentage" in recorded) is system_metrics, recorded
     assert run.data.params["mlflow.system_metrics"] == str(system_metrics)
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
-    assert set(inputs) == {"training", "testing"}
-    for context, path in (("training", paths.PREPARED_TRAIN), ("testing", paths.PREPARED_TEST)):
+    assert set(inputs) == {"training", "validation"}  # training never reads the test set
+    for context, path in (("training", paths.PREPARED_TRAIN), ("validation", paths.PREPARED_VAL)):
         assert inputs[context].name == f"fashion-mnist-{path.stem}"
         assert inputs[context].digest == hashlib.md5(path.read_bytes()).hexdigest()
     experiment = client.get_experiment(run.info.experiment_id)

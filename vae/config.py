@@ -71,7 +71,9 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    train_limit: Annotated[int, Field(ge=1)] | None  # keep the first N images; null keeps all
+    val_size: Annotated[int, Field(ge=0)]  # validation images carved from the 60,000 (stratified); 0: none
+    val_seed: Annotated[int, Field(ge=0)]  # which images validation takes
+    train_limit: Annotated[int, Field(ge=1)] | None  # keep the first N of the rest; null keeps all
     test_limit: Annotated[int, Field(ge=1)] | None
 
 

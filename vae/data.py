@@ -209,6 +209,34 @@ def read_split(directory: Path | str, split: str = "train", limit: int | None = 
     return FashionMNISTSplit(pad_images(images), labels.long())
 
 
+def split_validation(split: FashionMNISTSplit, size: int, seed: int) -> tuple[FashionMNISTSplit, FashionMNISTSplit]:
+    """Carve ``size`` images out of ``split`` for validation: ``(the rest, validation)``.
+
+    Stratified by class (each class keeps its share, to the image) and seeded, so
+    the same ``seed`` picks the same images on every machine; both parts keep the
+    images' original order, and no image is in both.
+
+    Raises:
+        DataError: ``size`` leaves no image of some class on one side.
+    """
+    from sklearn.model_selection import train_test_split  # MLflow's dependency: imported only when splitting
+
+    n_classes = len(torch.unique(split.labels))
+    if not n_classes <= size <= len(split) - n_classes:
+        raise DataError(
+            f"data.val_size = {size}: a stratified split of {len(split)} images in {n_classes} classes "
+            f"needs between {n_classes} and {len(split) - n_classes} validation images (0: no validation split)"
+        )
+    rest, val = train_test_split(
+        np.arange(len(split)), test_size=size, stratify=split.labels.numpy(), random_state=seed
+    )
+    rest, val = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(val))
+    return (
+        FashionMNISTSplit(split.images[rest], split.labels[rest], split.class_names),
+        FashionMNISTSplit(split.images[val], split.labels[val], split.class_names),
+    )
+
+
 def load_fashion_mnist(
     split: str = "train",
     directory: Path | str | None = None,

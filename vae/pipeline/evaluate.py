@@ -1,4 +1,5 @@
-"""Stage evaluate: test-set metrics comparable across β, reconstructions and the latent space.
+"""Stage evaluate: metrics comparable across β on validation (to choose by) and test (to report once),
+reconstructions and the latent space.
 
 Logged in a new MLflow run nested under the training run that made the model.
 """
@@ -26,11 +27,9 @@ from vae.tracking.store import check_tracking_store, log_dataset, read_run_id, s
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 
-# what evaluate_model returns; MLflow shows each as eval_<name>
-METRIC_NAMES = (
-    "test_loss",
-    "test_reconstruction_loss",
-    "test_kl_loss",
+# what evaluate_split returns for each split, named <split>_<name> (val_nelbo, test_nelbo…);
+# MLflow shows each as eval_<split>_<name>
+SPLIT_METRICS = (
     "nelbo",
     "nelbo_reconstruction",
     "nelbo_kl",
@@ -39,51 +38,74 @@ METRIC_NAMES = (
     "knn_accuracy",
     "classifier_frechet_distance",
 )
+# the training objective with the configured β, on test (train.json has validation's, per epoch)
+LOSS_NAMES = ("test_loss", "test_reconstruction_loss", "test_kl_loss")
+SPLITS = ("val", "test")  # validation to choose by, test to report
+
+
+def evaluate_split(
+    model: VAE,
+    classifier: FashionClassifier,
+    train: FashionMNISTSplit,
+    split: FashionMNISTSplit,
+    params: Params,
+    device: torch.device,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The β-independent metrics of ``split``, and its latent means (N, latent_dim) for plotting.
+
+    - ``nelbo``, ``nelbo_reconstruction``, ``nelbo_kl``: −ELBO in nats per image;
+    - ``iw_log_likelihood``: importance-weighted log p(x), nats per image, K = evaluate.iw_samples;
+      its noise drawn from a generator seeded with evaluate.seed;
+    - ``active_units``: latent dimensions with Var(E_q[z]) > 0.01;
+    - ``knn_accuracy``: k-NN (k = evaluate.knn_k) on latent means, trained on the train split;
+    - ``classifier_frechet_distance``: Fréchet distance between our classifier's features
+      of evaluate.fd_samples prior samples (their codes drawn from a generator seeded with
+      evaluate.seed) and of the split's images (not an Inception FID).
+
+    Every sampled estimate draws from a generator of its own, seeded with evaluate.seed, so each
+    depends on the model, the split and evaluate.seed alone, not on what ran before it.
+    """
+    cfg = params.evaluate
+    set_seed(cfg.seed)  # the NELBO samples z, as in training
+    nelbo = negative_elbo(model, split.images, cfg.batch_size)
+    metrics = {"nelbo": nelbo.nelbo, "nelbo_reconstruction": nelbo.reconstruction, "nelbo_kl": nelbo.kl}
+    iw_noise = torch.Generator().manual_seed(cfg.seed)
+    metrics["iw_log_likelihood"] = importance_weighted_log_likelihood(
+        model, split.images, cfg.iw_samples, generator=iw_noise
+    )
+    means = encode_means(model, split.images, cfg.batch_size)
+    train_means = encode_means(model, train.images, cfg.batch_size)
+    metrics["active_units"] = active_units(means)
+    metrics["knn_accuracy"] = knn_accuracy(train_means, train.labels, means, split.labels, k=cfg.knn_k)
+    fd_codes = torch.Generator().manual_seed(cfg.seed)
+    samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=fd_codes)
+    metrics["classifier_frechet_distance"] = frechet_distance(
+        features(classifier, samples, cfg.batch_size), features(classifier, split.images, cfg.batch_size)
+    )
+    return metrics, means
 
 
 def evaluate_model(
     model: VAE,
     classifier: FashionClassifier,
     train: FashionMNISTSplit,
-    test: FashionMNISTSplit,
+    splits: dict[str, FashionMNISTSplit],
     params: Params,
     device: torch.device,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """All test-set metrics, and the test set's latent means (N, latent_dim) for plotting.
-
-    - ``test_loss``, ``test_reconstruction_loss``, ``test_kl_loss``: the training
-      objective with the configured β (not comparable across β);
-    - ``nelbo``, ``nelbo_reconstruction``, ``nelbo_kl``: −ELBO in nats per image;
-    - ``iw_log_likelihood``: importance-weighted log p(x), nats per image, K = evaluate.iw_samples;
-      its noise drawn from a generator seeded with evaluate.seed;
-    - ``active_units``: latent dimensions with Var(E_q[z]) > 0.01;
-    - ``knn_accuracy``: k-NN (k = evaluate.knn_k) on latent means, trained on the train set;
-    - ``classifier_frechet_distance``: Fréchet distance between our classifier's features
-      of evaluate.fd_samples prior samples (their codes drawn from a generator seeded with
-      evaluate.seed) and of the test images (not an Inception FID).
-    """
-    cfg = params.evaluate
-    set_seed(cfg.seed)  # the test losses and the NELBO sample z, as in training
-    batches = TensorBatches(test.images, cfg.batch_size, shuffle=False, device=device)
-    metrics = evaluate_vae(model, batches, device, params.beta).as_dict("test_")
-    nelbo = negative_elbo(model, test.images, cfg.batch_size)
-    metrics |= {"nelbo": nelbo.nelbo, "nelbo_reconstruction": nelbo.reconstruction, "nelbo_kl": nelbo.kl}
-    # the sampled estimates draw from generators of their own, so each depends on the model and
-    # evaluate.seed alone, not on what ran before it
-    iw_noise = torch.Generator().manual_seed(cfg.seed)
-    metrics["iw_log_likelihood"] = importance_weighted_log_likelihood(
-        model, test.images, cfg.iw_samples, generator=iw_noise
-    )
-    test_means = encode_means(model, test.images, cfg.batch_size)
-    train_means = encode_means(model, train.images, cfg.batch_size)
-    metrics["active_units"] = active_units(test_means)
-    metrics["knn_accuracy"] = knn_accuracy(train_means, train.labels, test_means, test.labels, k=cfg.knn_k)
-    fd_codes = torch.Generator().manual_seed(cfg.seed)
-    samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=fd_codes)
-    metrics["classifier_frechet_distance"] = frechet_distance(
-        features(classifier, samples, cfg.batch_size), features(classifier, test.images, cfg.batch_size)
-    )
-    return metrics, test_means
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """:func:`evaluate_split` of each of ``splits`` (``{"val": …, "test": …}``), its metrics named
+    ``<split>_<name>``; with a test split, also its ``test_loss``, ``test_reconstruction_loss`` and
+    ``test_kl_loss`` (the training objective with the configured β, not comparable across β).
+    Returns the metrics and each split's latent means."""
+    metrics, means = {}, {}
+    if "test" in splits:
+        set_seed(params.evaluate.seed)  # the losses sample z, as in training
+        batches = TensorBatches(splits["test"].images, params.evaluate.batch_size, shuffle=False, device=device)
+        metrics |= evaluate_vae(model, batches, device, params.beta).as_dict("test_")
+    for name, split in splits.items():
+        split_metrics, means[name] = evaluate_split(model, classifier, train, split, params, device)
+        metrics |= {f"{name}_{key}": value for key, value in split_metrics.items()}
+    return metrics, means
 
 
 def main() -> None:
@@ -93,11 +115,15 @@ def main() -> None:
     model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
     fast_cpu.enable(model)
     classifier = load_classifier(paths.CLASSIFIER, device)
-    train, test = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST)
+    files = {"val": paths.PREPARED_VAL, "test": paths.PREPARED_TEST}
+    if not params.data.val_size:  # a final refit on all the training images: test alone
+        del files["val"]
+    train, splits = load_prepared(paths.PREPARED_TRAIN), {name: load_prepared(path) for name, path in files.items()}
+    test = splits["test"]
     training_run_id = read_run_id(paths.TRAIN_RUN_ID)
     check_tracking_store()  # before the work: an unreachable server fails in seconds
 
-    metrics, test_means = evaluate_model(model, classifier, train, test, params, device)
+    metrics, means = evaluate_model(model, classifier, train, splits, params, device)
     write_json(metrics, paths.EVALUATE_METRICS)
     print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
@@ -109,13 +135,16 @@ def main() -> None:
         )
     )
     plt.close(
-        plot_latent_space(test_means, test.labels, CLASS_NAMES, save_path=paths.EVALUATE_DIR / "vae_latent_space.png")
+        plot_latent_space(
+            means["test"], test.labels, CLASS_NAMES, save_path=paths.EVALUATE_DIR / "vae_latent_space.png"
+        )
     )
 
     experiment = params.mlflow.experiment_name
     with stage_run("evaluate", experiment, logged_params, training_run_id, device, paths.EVALUATE_RUN_ID):
-        log_dataset(test, paths.PREPARED_TEST, "testing")  # every metric is on the test split
         log_dataset(train, paths.PREPARED_TRAIN, "training")  # the k-NN classifier's neighbours
+        for name, path in files.items():
+            log_dataset(splits[name], path, {"val": "validation", "test": "testing"}[name])
         # on the run, and on the training run's decoder model: its registered version shows them
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, model_id=decoder_model_id(training_run_id))
         mlflow.log_artifacts(str(paths.EVALUATE_DIR), artifact_path="evaluate")

@@ -6,6 +6,7 @@ PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")
 PREPARED_DIR = Path("data") / "prepared"
 PREPARED_TRAIN = PREPARED_DIR / "train.pt"
+PREPARED_VAL = PREPARED_DIR / "val.pt"  # absent when data.val_size is 0
 PREPARED_TEST = PREPARED_DIR / "test.pt"
 MODEL = Path("models") / "vae_fashion_mnist.pth"
 METRICS_DIR = Path("metrics")

@@ -89,7 +89,7 @@ class Training:
     model: VAE
     optimizer: torch.optim.Optimizer
     train_batches: TensorBatches
-    test_batches: TensorBatches
+    val_batches: TensorBatches | None  # the validation split's, evaluated after every epoch (None: no split)
     precision: str  # "fp32" or "bf16", as train.precision resolves on the device
     scheduler: torch.optim.lr_scheduler.LRScheduler | None  # train.lr_schedule, stepped per batch (None: constant)
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics so far
@@ -117,7 +117,7 @@ class Training:
         return self.optimizer.param_groups[0]["lr"]
 
     def run(self, on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
-        """Train to ``params.epochs``, testing after each epoch (``test_*`` metrics); returns the history."""
+        """Train to ``params.epochs``, validating after each epoch (``val_*`` metrics); returns the history."""
         return train_vae_model(
             self.model,
             self.train_batches,
@@ -125,8 +125,7 @@ class Training:
             self.device,
             epochs=self.params.epochs,
             beta=self.params.beta_at,
-            val_loader=self.test_batches,
-            val_prefix="test_",
+            val_loader=self.val_batches,
             progress=None,
             start_epoch=self.start_epoch,
             history=self.history,
@@ -136,8 +135,11 @@ class Training:
         )
 
 
-def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTSplit, device: torch.device) -> Training:
-    """A fresh model, optimizer and batches for ``params``, seeded with train.seed.
+def start_training(
+    params: Params, train: FashionMNISTSplit, val: FashionMNISTSplit | None, device: torch.device
+) -> Training:
+    """A fresh model, optimizer and batches for ``params``, seeded with train.seed; ``val``: the validation
+    split (None: data.val_size is 0, no held-out metrics per epoch).
 
     Raises:
         ParamsError: train.batch_size is larger than the training set.
@@ -162,7 +164,7 @@ def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTS
         model,
         optimizer,
         train_batches,
-        TensorBatches(test.images, params.evaluate.batch_size, shuffle=False, device=device),
+        None if val is None else TensorBatches(val.images, params.evaluate.batch_size, shuffle=False, device=device),
         precision,
         scheduler,
     )
@@ -171,7 +173,7 @@ def start_training(params: Params, train: FashionMNISTSplit, test: FashionMNISTS
 def train_pipeline(
     params: Params,
     train: FashionMNISTSplit,
-    test: FashionMNISTSplit,
+    val: FashionMNISTSplit | None,
     device: torch.device,
     prepared_files: list[Path],
     state_file: Path = STATE_FILE,
@@ -181,7 +183,7 @@ def train_pipeline(
     A checkpoint is written atomically after every epoch; see :mod:`vae.pipeline.resume`.
     """
     check_tracking_store()  # before any work: an unreachable server fails in seconds
-    training = start_training(params, train, test, device)
+    training = start_training(params, train, val, device)
     model, precision = training.model, training.precision
 
     run_fingerprint = fingerprint(training_settings(params), prepared_files)
@@ -191,7 +193,7 @@ def train_pipeline(
     if state is not None:
         training.resume(state)
         run_id = state.run_id
-    images = EpochImages.for_run(params, test.images)  # the same codes and test images every epoch
+    images = EpochImages.for_run(params, (train if val is None else val).images)  # the same ones every epoch
 
     setup_experiment(params.mlflow.experiment_name)
     name = None if run_id else run_name("train", params.beta, params.latent_dim)
@@ -207,10 +209,11 @@ def train_pipeline(
             # and the tracking settings it ran with, which DVC leaves out of train's params
             mlflow.log_params(select(params.flat(), (*lineage_params("train"), "mlflow")))
             arithmetic = {"precision": precision, "threads": torch.get_num_threads()}  # what rounding depends on
-            mlflow.set_tags(tags | {"train_images": len(train), "test_images": len(test)} | arithmetic)
-            # training fits the train split and reports per-epoch losses on the test split
-            log_dataset(train, prepared_files[0], "training")
-            log_dataset(test, prepared_files[1], "testing")
+            sizes = {"train_images": len(train), "val_images": 0 if val is None else len(val)}
+            mlflow.set_tags(tags | sizes | arithmetic)
+            # training fits the train split and reports per-epoch losses on validation; it never reads test
+            for split, path, context in zip((train, val), prepared_files, ("training", "validation")):
+                log_dataset(split, path, context)
         else:
             _log_missing_epochs(run_id, training.history, params.beta_at, training.lr)
             # the state is saved before the pictures: a kill in between leaves its epoch's to log now
@@ -256,14 +259,14 @@ def train_pipeline(
 
 def main() -> None:
     params = load_params(paths.PARAMS)
-    prepared = [paths.PREPARED_TRAIN, paths.PREPARED_TEST]
-    train, test = (load_prepared(path) for path in prepared)
+    prepared = [paths.PREPARED_TRAIN] + ([paths.PREPARED_VAL] if params.data.val_size else [])
+    train, val = (*(load_prepared(path) for path in prepared), None)[:2]
     try:
         device = get_device(params.train.device)
     except DeviceError as err:
         raise ParamsError(f"{paths.PARAMS}: train.device: {err}") from None
     try:
-        train_pipeline(params, train, test, device, prepared)
+        train_pipeline(params, train, val, device, prepared)
     except KeyboardInterrupt:
         print(
             f"\ntrain: interrupted; every finished epoch is saved in {STATE_FILE}. "

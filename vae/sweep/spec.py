@@ -25,12 +25,12 @@ from vae.config import Params, ParamsError, load_params, parse_params, validatio
 from vae.errors import UserError
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import stage_params
-from vae.pipeline.evaluate import METRIC_NAMES
-from vae.tracking.registry import DIRECTIONS
+from vae.pipeline.evaluate import SPLIT_METRICS
+from vae.tracking.registry import DEFAULT_METRIC, DIRECTIONS, test_metric_refusal
 
-EVALUATION_PREFIX = "eval_"  # the evaluate stage's metrics, as MLflow shows them
-# β-independent and known every epoch: −ELBO on the test set (nats per image), what ASHA compares trials by
-EPOCH_METRIC = "test_nelbo"
+EVALUATION_PREFIX = "eval_val_"  # the evaluate stage's metrics on validation, as MLflow shows them
+# β-independent and known every epoch: −ELBO on validation (nats per image), what ASHA compares trials by
+EPOCH_METRIC = "val_nelbo"
 RANGES = ("uniform", "loguniform", "randint")
 
 
@@ -44,7 +44,7 @@ class _Strict(BaseModel):
 
 class Asha(_Strict):
     """ASHA (asynchronous successive halving): at epochs grace_period·rfᵏ it stops the trials whose
-    test −ELBO is outside the best 1/reduction_factor of those that got that far."""
+    validation −ELBO is outside the best 1/reduction_factor of those that got that far."""
 
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
@@ -70,7 +70,7 @@ class SweepSpec(_Strict):
     space: dict[str, Any]
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: Annotated[int, Field(ge=1)] = 1  # grid: repeats of the whole grid; random, optuna: trials
-    metric: str = EVALUATION_PREFIX + "iw_log_likelihood"
+    metric: str = DEFAULT_METRIC
     mode: Literal["max", "min"] | None = None  # default: the metric's known direction
     epochs: Annotated[int, Field(ge=1)] | None = None  # every trial's epochs (default: params.yaml's)
     scheduler: Literal["none", "asha"] = "none"
@@ -144,7 +144,8 @@ def sweepable_keys(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> list[str]
 
 
 def metric_names() -> list[str]:
-    return [EVALUATION_PREFIX + name for name in METRIC_NAMES]
+    """What a sweep can rank its trials by: the evaluate stage's metrics on validation (trials never see test)."""
+    return [EVALUATION_PREFIX + name for name in SPLIT_METRICS]
 
 
 def _candidates(where: str, key: str, entry: Any, search: str) -> list[Any]:
@@ -199,6 +200,8 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
     if not spec.space:
         raise SweepError(f"{path}: space is empty: name at least one params.yaml key and its values")
 
+    if refusal := test_metric_refusal(spec.metric):
+        raise SweepError(f"{path}: metric {refusal}")
     if spec.metric not in metric_names():
         raise SweepError(
             f"{path}: metric {spec.metric} is not one the evaluate stage logs (one of: {', '.join(metric_names())})"
@@ -208,6 +211,11 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
         raise SweepError(f"{path}: metric {spec.metric} has no known direction: add `mode: max` or `mode: min`")
 
     params = load_params(params_path)  # a broken params.yaml is reported as such, with its own line
+    if not params.data.val_size:
+        raise SweepError(
+            f"{path}: {params_path} sets data.val_size: 0, and a sweep chooses on the validation split; "
+            "set data.val_size (5000 by default) and run `dvc repro prepare` first"
+        )
     allowed = sweepable_keys(params)
     base = params.model_dump()  # the mapping the trials' overrides apply to
     if spec.epochs is not None:

@@ -41,7 +41,7 @@ from vae.pipeline.evaluate import evaluate_model
 from vae.pipeline.resume import TrainState
 from vae.pipeline.train import start_training
 from vae.storage import load_model, load_prepared, save_model
-from vae.sweep.spec import EPOCH_METRIC, EVALUATION_PREFIX, Sweep, SweepError
+from vae.sweep.spec import EPOCH_METRIC, Sweep, SweepError
 from vae.tracking.epoch_images import EpochImages
 from vae.tracking.registry import best_first, log_models
 from vae.tracking.store import (
@@ -68,7 +68,7 @@ class TrialSetup:
 
     sweep: Sweep
     train: FashionMNISTSplit
-    test: FashionMNISTSplit
+    val: FashionMNISTSplit  # every trial is validated and ranked on it; a sweep never reads the test set
     classifier: FashionClassifier
     tracking_uri: str
     experiment_id: str
@@ -162,7 +162,7 @@ def _train_and_evaluate(
 ) -> None:
     from ray import tune
 
-    training = start_training(params, setup.train, setup.test, device)
+    training = start_training(params, setup.train, setup.val, device)
     # as the train stage tags them: with the same precision and thread count, a trial's numbers are the stages'
     client.set_tag(run_id, "precision", training.precision)
     client.set_tag(run_id, "threads", str(torch.get_num_threads()))
@@ -171,11 +171,11 @@ def _train_and_evaluate(
         training.resume(state)
         client.set_tag(run_id, "resumed_after_epoch", str(state.epoch))
     logged = logged_epochs(client, run_id)  # by an attempt that died after logging
-    images = EpochImages.for_run(params, setup.test.images)  # a trial's pictures, as the train stage's
+    images = EpochImages.for_run(params, setup.val.images)  # a trial's pictures, as the train stage's
 
     def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
         metrics = metrics | {
-            EPOCH_METRIC: PIXELS * metrics["test_reconstruction_loss"] + metrics["test_kl_loss"],
+            EPOCH_METRIC: PIXELS * metrics["val_reconstruction_loss"] + metrics["val_kl_loss"],
             "beta": params.beta_at(epoch),
             "lr": training.lr,
         }
@@ -196,7 +196,8 @@ def _train_and_evaluate(
 
 
 def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: torch.device) -> dict[str, float]:
-    """The evaluate stage's metrics of the trained model, logged with the model; returns them as eval_*."""
+    """The evaluate stage's metrics of the trained model on validation, logged with the model; returns them
+    as eval_val_*, as the evaluate stage's run shows them."""
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / paths.MODEL.name
         save_model(model, checkpoint)
@@ -205,8 +206,8 @@ def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: tor
         fast_cpu.enable(saved)
         # the classifier embeds the Fréchet features where the trial computes, as in the evaluate stage
         classifier = setup.classifier.to(device, memory_format=torch.channels_last)
-        metrics, _ = evaluate_model(saved, classifier, setup.train, setup.test, params, device)
-        evaluation = {EVALUATION_PREFIX + key: value for key, value in metrics.items()}
+        metrics, _ = evaluate_model(saved, classifier, setup.train, {"val": setup.val}, params, device)
+        evaluation = {f"eval_{key}": value for key, value in metrics.items()}
         mlflow.log_metrics(evaluation, step=params.epochs)
         # logged, not registered: the winner is, once reproduced by DVC
         log_models(saved, checkpoint, None, {}, as_models=params.mlflow.log_models)
@@ -415,14 +416,14 @@ def _shown(value: Any) -> str:
 
 def load_setup_data() -> tuple[FashionMNISTSplit, FashionMNISTSplit, FashionClassifier]:
     """The prepared data and the classifier the trials share; missing ones are named with the fix."""
-    missing = [p for p in (paths.PREPARED_TRAIN, paths.PREPARED_TEST, paths.CLASSIFIER) if not p.exists()]
+    missing = [p for p in (paths.PREPARED_TRAIN, paths.PREPARED_VAL, paths.CLASSIFIER) if not p.exists()]
     if missing:
         raise SweepError(
             f"{', '.join(map(str, missing))} missing: trials train on the prepared data and score samples "
             "with the classifier; run `dvc repro classifier` first"
         )
     classifier = load_classifier(paths.CLASSIFIER, torch.device("cpu"))
-    return load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_TEST), classifier
+    return load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_VAL), classifier
 
 
 def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool = False) -> list[TrialOutcome]:
@@ -431,7 +432,7 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
 
     if address is not None:
         check_reachable(address)  # in seconds: Ray itself waits a minute
-    train, test, classifier = load_setup_data()
+    train, val, classifier = load_setup_data()
     uri = check_tracking_store()
     connect(address)
     try:
@@ -459,7 +460,7 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
             )
             commit = parent.data.tags.get(GIT_COMMIT_TAG)
             logged = lineage_params("evaluate")
-            setup = TrialSetup(sweep, train, test, classifier, uri, experiment_id, parent.info.run_id, commit, logged)
+            setup = TrialSetup(sweep, train, val, classifier, uri, experiment_id, parent.info.run_id, commit, logged)
             print(
                 f"sweep: {sweep.name} on {len(nodes)} Ray node(s), {sweep.spec.resources.cpu:g} CPU and "
                 f"{sweep.spec.resources.gpu:g} GPU per trial; MLflow parent run {parent.info.run_id}"

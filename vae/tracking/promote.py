@@ -1,7 +1,9 @@
 """``python -m vae.tracking.promote``: the alias ``champion`` on the best registered model by a β-independent metric.
 
-    python -m vae.tracking.promote                         # by eval_iw_log_likelihood, higher is better
-    python -m vae.tracking.promote --metric eval_nelbo     # lower is better
+    python -m vae.tracking.promote                          # by eval_val_iw_log_likelihood, higher is better
+    python -m vae.tracking.promote --metric eval_val_nelbo  # lower is better
+
+It chooses on the validation split; a test-set metric is refused (the test set only reports).
 
 Prints the candidates, best first, and the outcome; a second run with nothing
 new changes nothing. Then ``mlflow.pytorch.load_model("models:/fashion-mnist-vae@champion")``

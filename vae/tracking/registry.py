@@ -41,14 +41,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ALIAS = "champion"
 DECODER, ENCODER = "model", "encoder"  # the MLflow models' names inside a training run
-# the metrics promotion accepts: those that do not depend on β, with the direction that is better
+# the metrics promotion and sweeps choose by: the evaluate stage's on validation that do not depend
+# on β, with the direction that is better
 DIRECTIONS = {
-    "eval_iw_log_likelihood": "higher",
-    "eval_nelbo": "lower",
-    "eval_knn_accuracy": "higher",
-    "eval_classifier_frechet_distance": "lower",
+    "eval_val_iw_log_likelihood": "higher",
+    "eval_val_nelbo": "lower",
+    "eval_val_knn_accuracy": "higher",
+    "eval_val_classifier_frechet_distance": "lower",
 }
-DEFAULT_METRIC = "eval_iw_log_likelihood"
+DEFAULT_METRIC = "eval_val_iw_log_likelihood"
+
+
+def test_metric_refusal(metric: str) -> str | None:
+    """Why ``metric`` may not choose a model when it is measured on the test set (naming its validation
+    twin), else None. The test set reports the chosen model once; choosing by it would bias that report."""
+    if "test_" not in metric:
+        return None
+    twin = metric.replace("test_", "val_", 1)
+    return f"{metric} is a test-set metric, and the test set only reports: choose by its validation twin {twin}"
 
 
 def ranking_metrics() -> str:
@@ -189,7 +199,10 @@ class Promotion:
 
 
 def _canonical(metric: str) -> str:
-    return metric if metric.startswith("eval_") else f"eval_{metric}"
+    """The name MLflow shows: ``nelbo`` and ``val_nelbo`` are ``eval_val_nelbo``, ``test_nelbo`` ``eval_test_nelbo``."""
+    if metric.startswith("eval_"):
+        return metric
+    return f"eval_{metric}" if metric.startswith(("val_", "test_")) else f"eval_val_{metric}"
 
 
 def candidates(client: mlflow.MlflowClient, name: str) -> list[Candidate]:
@@ -228,6 +241,8 @@ def rank(found: list[Candidate], metric: str) -> list[Candidate]:
             one promotion can rank by (the message lists those it can).
     """
     metric = _canonical(metric)
+    if refusal := test_metric_refusal(metric):
+        raise RegistryError(refusal)
     present = sorted({key for c in found for key in c.metrics})
     if metric not in present:
         raise RegistryError(

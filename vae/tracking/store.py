@@ -334,7 +334,7 @@ def ui_link(experiment_id: str, run_id: str | None = None, uri: str | None = Non
 def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
     """Record in the active run that it read the prepared ``split`` from ``path``, as ``context``.
 
-    ``context`` is ``"training"`` or ``"testing"``. MLflow keeps the dataset's
+    ``context`` is ``"training"``, ``"validation"`` or ``"testing"``. MLflow keeps the dataset's
     name, schema and shape (images (N, 1, 32, 32) uint8, labels (N,)), its
     source file and a digest of the whole file (MLflow's own digest reads only
     the first rows): runs on different data never share a digest.
