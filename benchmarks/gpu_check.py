@@ -67,7 +67,7 @@ def project_copy(folder: Path, small: bool, env: dict[str, str]) -> Path:
     if small:
         params = yaml.safe_load((root / "params.yaml").read_text())
         params.update(epochs=1)
-        params["data"].update(train_limit=512, test_limit=256)
+        params["data"].update(val_size=256, train_limit=512, test_limit=256)
         params["classifier"].update(epochs=1, min_accuracy=0.0)
         params["evaluate"].update(iw_samples=4, fd_samples=256)
         params["mlflow"].update(log_images_every=0)

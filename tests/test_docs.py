@@ -100,6 +100,14 @@ def _batch_above_data(tmp: Path) -> None:
     train_pipeline(load_params(Path("params.yaml")), images, images, torch.device("cpu"), [])
 
 
+def _val_size_above_data(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae.pipeline import prepare
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(write_fashion_mnist(tmp / "idx", 64, 8)))
+    _params_with(tmp, _set("data.val_size", 60))
+    prepare.main()
+
+
 def _no_data(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp / "nowhere"))
     resolve_data_dir()
@@ -171,7 +179,13 @@ def _missing_bucket(tmp: Path, monkeypatch: pytest.MonkeyPatch, s3: object) -> N
 
 def _promote_by(metric: str) -> Callable:
     """Rank two real-looking candidates (what the registry's evaluate runs hold) by ``metric``."""
-    evaluated = {"eval_iw_log_likelihood": -240.0, "eval_nelbo": 250.0, "eval_test_loss": 90.0}
+    evaluated = {
+        "eval_val_iw_log_likelihood": -240.0,
+        "eval_val_nelbo": 250.0,
+        "eval_val_nelbo_kl": 20.0,
+        "eval_test_nelbo": 251.0,
+        "eval_test_loss": 90.0,
+    }
     return lambda tmp: rank([Candidate(1, "a" * 32, {}, evaluated), Candidate(2, "b" * 32, {}, evaluated)], metric)
 
 
@@ -188,10 +202,12 @@ def _raise(error: Exception) -> Callable[[Path], None]:
     return reproduce
 
 
-def _sweep(spec: dict) -> Callable[[Path], None]:
+def _sweep(spec: dict, **params: object) -> Callable[[Path], None]:
+    """Load the sweep file ``spec`` against params.yaml with dotted ``params`` changed."""
+
     def reproduce(tmp: Path) -> None:
-        for name in ("params.yaml", "dvc.yaml"):
-            shutil.copy(REPO / name, tmp / name)
+        shutil.copy(REPO / "dvc.yaml", tmp / "dvc.yaml")
+        _params_with(tmp, lambda raw: [_set(key, value)(raw) for key, value in params.items()])
         (tmp / "s.yaml").write_text(yaml.safe_dump(spec))
         load_sweep(Path("s.yaml"))
 
@@ -223,6 +239,7 @@ REPRODUCE: dict[str, Callable] = {
     "typo `latnet_dim: 2` for `latent_dim`": lambda tmp: _params_with(tmp, _rename("latent_dim", "latnet_dim")),
     "typo `lrr:` under `train:`": lambda tmp: _params_with(tmp, _rename("train.lr", "lrr")),
     "unknown key `colour: red`": lambda tmp: _params_with(tmp, _set("colour", "red")),
+    "`data.val_size` above the data": _val_size_above_data,
     "no data files": _no_data,
     "IDX file with a wrong magic number": _wrong_magic,
     "truncated IDX file": _truncated_idx,
@@ -241,7 +258,8 @@ REPRODUCE: dict[str, Callable] = {
     "a password in `--backend-store-uri`": lambda tmp: store_uri("postgresql://mlflow:s3cret@db:5432/mlflow"),
     "`--artifacts-destination s3://no-such-bucket/mlflow` (`vae.tracking.server`)": _missing_bucket,
     "`python -m vae.tracking.promote --metric eval_fid`": _promote_by("eval_fid"),
-    "`python -m vae.tracking.promote --metric test_loss`": _promote_by("test_loss"),
+    "`python -m vae.tracking.promote --metric nelbo_kl`": _promote_by("nelbo_kl"),
+    "`python -m vae.tracking.promote --metric test_nelbo`": _promote_by("test_nelbo"),
     "empty or garbled `outputs/train_run_id.txt`": _bad_run_id,
     "stage run outside the project root (no `dvc.yaml`)": lambda tmp: stage_params("train"),
     "loss becomes inf/NaN": _raise(NonFiniteLossError(2, 2)),
@@ -249,6 +267,8 @@ REPRODUCE: dict[str, Callable] = {
     "sweep: `train.lr: [0.001, -1]`": _sweep({"space": {"train.lr": [0.001, -1]}}),
     "sweep: empty `space`": _sweep({"space": {}}),
     "sweep: `metric: eval_fid`": _sweep({"space": {"beta": [100]}, "metric": "eval_fid"}),
+    "sweep: `metric: eval_test_nelbo`": _sweep({"space": {"beta": [100]}, "metric": "eval_test_nelbo"}),
+    "sweep with `data.val_size: 0`": _sweep({"space": {"beta": [100]}}, **{"data.val_size": 0}),
     "unreachable `RAY_ADDRESS`": lambda tmp: check_reachable("127.0.0.1:1"),
 }
 

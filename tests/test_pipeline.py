@@ -79,17 +79,20 @@ def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[st
         "loss",
         "reconstruction_loss",
         "kl_loss",
-        "test_loss",
-        "test_reconstruction_loss",
-        "test_kl_loss",
+        "val_loss",
+        "val_reconstruction_loss",
+        "val_kl_loss",
     }
     history = (project / "metrics/train_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,loss,") and history[0].endswith(",beta") and len(history) == 2
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0 < evaluation["test_reconstruction_loss"] < 1
-    assert evaluation["iw_log_likelihood"] >= -evaluation["nelbo"] - 1.0  # K=10 bound, one-sample NELBO noise
-    assert evaluation["active_units"] in (0, 1, 2) and 0 <= evaluation["knn_accuracy"] <= 1
-    assert evaluation["classifier_frechet_distance"] > 0
+    for split in ("val", "test"):  # validation to choose by, test to report
+        nelbo, iw = evaluation[f"{split}_nelbo"], evaluation[f"{split}_iw_log_likelihood"]
+        assert iw >= -nelbo - 1.0  # K=10 bound, one-sample NELBO noise
+        assert evaluation[f"{split}_active_units"] in (0, 1, 2) and 0 <= evaluation[f"{split}_knn_accuracy"] <= 1
+        assert evaluation[f"{split}_classifier_frechet_distance"] > 0
+    assert not [key for key in evaluation if key.startswith("val_") and "loss" in key]  # train.json has those
     assert 0 <= json.loads((project / "metrics/classifier.json").read_text())["test_accuracy"] <= 1
 
 
@@ -166,7 +169,7 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     assert len(runs) == 6  # each execution: a training run with an evaluate and a generate run under it
     for run_ in training.values():
         assert run_.info.status == "FINISHED"
-        for key in ("loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"):
+        for key in ("loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"):
             history = client.get_metric_history(run_.info.run_id, key)
             assert [m.step for m in history] == [1], key
         assert not any(key.startswith("eval_") for key in run_.data.metrics)  # evaluation is a run of its own
@@ -180,13 +183,16 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
         assert len(run_.data.tags["mlflow.source.git.commit"]) == 40
         [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
         assert {
-            "eval_test_loss",
-            "eval_nelbo",
-            "eval_iw_log_likelihood",
-            "eval_active_units",
-            "eval_knn_accuracy",
-            "eval_classifier_frechet_distance",
-        } <= set(evaluate.data.metrics)
+            f"eval_{split}_{name}"
+            for split in ("val", "test")
+            for name in ("nelbo", "iw_log_likelihood", "active_units", "knn_accuracy", "classifier_frechet_distance")
+        } | {"eval_test_loss"} <= set(evaluate.data.metrics)
+        inputs = {i.tags[0].value: i.dataset.name for i in evaluate.inputs.dataset_inputs}
+        assert inputs == {
+            "training": "fashion-mnist-train",
+            "validation": "fashion-mnist-val",
+            "testing": "fashion-mnist-test",
+        }
         assert evaluate.data.params["beta"] == run_.data.params["beta"] and "evaluate.knn_k" in evaluate.data.params
         assert evaluate.data.tags["training_run_id"] == run_.info.run_id
         assert "generate.seed" in generate.data.params and "evaluate.knn_k" not in generate.data.params
@@ -230,10 +236,10 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project:
     assert new.data.tags["mlflow.parentRunId"] == training_100.info.run_id  # the run that made the model
     assert new.data.params["evaluate.knn_k"] == "7" and new.data.params["beta"] == "100.0"
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    assert new.data.metrics["eval_knn_accuracy"] == pytest.approx(evaluation["knn_accuracy"])
+    assert new.data.metrics["eval_val_knn_accuracy"] == pytest.approx(evaluation["val_knn_accuracy"])
     assert (project / "outputs/evaluate_run_id.txt").read_text().strip() == new_id
     print(f"\nnew evaluate run {new_id} under training run {training_100.info.run_id}:")
-    for key in ("eval_knn_accuracy", "eval_nelbo"):
+    for key in ("eval_val_knn_accuracy", "eval_val_nelbo"):
         print(f"  {key}: {[(m.step, m.value) for m in client.get_metric_history(new_id, key)]}")
 
 
@@ -295,13 +301,13 @@ def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str])
 def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
-    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.test_limit=150"], project, env)
+    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.train_limit=150"], project, env)
     status = run_queue(project, env, jobs=1)
     assert status.count("Success") == 1, status
     runs, _ = mlflow_runs(project)
     queued = [r for r in by_stage(runs, "train") if r.data.params.get("beta") == "50.0"]
     assert len(queued) == 1 and queued[0].info.status == "FINISHED"
-    assert queued[0].data.tags["test_images"] == "150"  # prepare ran again, on the data the README points at
+    assert queued[0].data.tags["train_images"] == "150"  # prepare ran again, on the data the README points at
     [generate] = children(runs, queued[0], "generate")
     artifact_dir = Path(generate.info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()

@@ -27,7 +27,7 @@ def test_parallel_queue_loses_no_run(clone_home: Path, env: dict[str, str]) -> N
     assert len(runs) == 3 * len(betas)
     for run_ in training:
         assert run_.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run_.info.run_id, "test_loss")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_loss")] == [1, 2]
         [evaluate], [generate] = children(runs, run_, "evaluate"), children(runs, run_, "generate")
         logged = {a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluate")}
         logged |= {a.path for a in client.list_artifacts(generate.info.run_id, "generate")}

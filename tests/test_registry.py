@@ -91,7 +91,9 @@ def test_every_training_run_registers_its_decoder_and_encoder(project: tuple[Pat
     for version in registry.search_model_versions(f"name = '{NAME}'"):
         model_id = version.source.removeprefix("models:/")  # MLflow 3: a version's source is its logged model
         logged = {m.key: m.value for m in registry.get_logged_model(model_id).metrics}
-        assert logged["eval_iw_log_likelihood"] == pytest.approx(evaluations[version.run_id]["eval_iw_log_likelihood"])
+        assert logged["eval_val_iw_log_likelihood"] == pytest.approx(
+            evaluations[version.run_id]["eval_val_iw_log_likelihood"]
+        )
 
 
 def test_dvc_lists_and_gets_the_model_artifact(project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -112,13 +114,13 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     registry = client(root)
     evaluations = evaluation_of(root)
     version_of = {v.run_id: int(v.version) for v in registry.search_model_versions(f"name = '{NAME}'")}
-    best_iw = max(evaluations, key=lambda r: evaluations[r]["eval_iw_log_likelihood"])
-    best_nelbo = min(evaluations, key=lambda r: evaluations[r]["eval_nelbo"])
+    best_iw = max(evaluations, key=lambda r: evaluations[r]["eval_val_iw_log_likelihood"])
+    best_nelbo = min(evaluations, key=lambda r: evaluations[r]["eval_val_nelbo"])
 
     first = promote(root, env)
     print(f"\n$ python -m vae.tracking.promote\n{first.stdout}")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0] == f"{NAME}: versions by eval_iw_log_likelihood (higher is better)"
+    assert first.stdout.splitlines()[0] == f"{NAME}: versions by eval_val_iw_log_likelihood (higher is better)"
     assert f"champion: version {version_of[best_iw]}" in first.stdout
     assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_iw]
     assert registry.get_model_version_by_alias(ENCODER, "champion").run_id == best_iw  # the same run's encoder
@@ -128,14 +130,14 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     assert again.returncode == 0 and f"champion: version {version_of[best_iw]}, unchanged" in again.stdout
     assert {name: registry.get_registered_model(name).aliases for name in aliases} == aliases
 
-    lower = promote(root, env, "--metric", "nelbo")  # the eval_ prefix may be left out
+    lower = promote(root, env, "--metric", "nelbo")  # short for eval_val_nelbo: promotion chooses on validation
     assert lower.returncode == 0, lower.stderr
-    assert "versions by eval_nelbo (lower is better)" in lower.stdout
+    assert "versions by eval_val_nelbo (lower is better)" in lower.stdout
     assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_nelbo]
-    worst_knn = min(evaluations, key=lambda r: evaluations[r]["eval_knn_accuracy"])
-    best_knn = max(evaluations, key=lambda r: evaluations[r]["eval_knn_accuracy"])
+    worst_knn = min(evaluations, key=lambda r: evaluations[r]["eval_val_knn_accuracy"])
+    best_knn = max(evaluations, key=lambda r: evaluations[r]["eval_val_knn_accuracy"])
     if worst_knn != best_knn:  # higher is better: the direction matters
-        assert promote(root, env, "--metric", "eval_knn_accuracy").returncode == 0
+        assert promote(root, env, "--metric", "eval_val_knn_accuracy").returncode == 0
         assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_knn]
     assert promote(root, env).returncode == 0  # back to the default ranking for the tests below
 
@@ -144,7 +146,16 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     ("metric", "message"),
     [
         ("eval_no_such", "promote: error: no registered version has metric 'eval_no_such'; their evaluate runs have: "),
-        ("test_loss", "promote: error: eval_test_loss depends on beta or has no better direction; rank by one of: "),
+        (
+            "val_nelbo_kl",
+            "promote: error: eval_val_nelbo_kl depends on beta or has no better direction; rank by one of: ",
+        ),
+        (
+            "test_nelbo",
+            "promote: error: eval_test_nelbo is a test-set metric, and the test set only reports: "
+            "choose by its validation twin eval_val_nelbo",
+        ),
+        ("eval_test_loss", "promote: error: eval_test_loss is a test-set metric, and the test set only reports: "),
     ],
 )
 def test_promote_refuses_a_metric_it_cannot_rank_by_in_one_line(
@@ -155,7 +166,7 @@ def test_promote_refuses_a_metric_it_cannot_rank_by_in_one_line(
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(message), result.stderr
     if "no registered version" in message:
-        assert "eval_iw_log_likelihood" in result.stderr and "eval_nelbo" in result.stderr
+        assert "eval_val_iw_log_likelihood" in result.stderr and "eval_val_nelbo" in result.stderr
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from project import (
     restore_state,
     run,
     save_state,
+    set_params,
 )
 
 from vae.sweep import command as sweep_cli
@@ -52,7 +55,13 @@ def write_sweep(root: Path, name: str, spec: dict) -> Path:
         ({"space": {}}, "space is empty"),
         ({"space": {"beta": []}}, "beta lists no values"),
         ({"space": {"beta": [100]}, "metric": "eval_fid"}, "metric eval_fid is not one the evaluate stage logs"),
-        ({"space": {"beta": [100]}, "metric": "eval_active_units"}, "has no known direction"),
+        ({"space": {"beta": [100]}, "metric": "eval_val_active_units"}, "has no known direction"),
+        (
+            {"space": {"beta": [100]}, "metric": "eval_test_nelbo"},
+            "metric eval_test_nelbo is a test-set metric, and the test set only reports: "
+            "choose by its validation twin eval_val_nelbo",
+        ),
+        ({"space": {"beta": [100]}, "metric": "eval_iw_log_likelihood"}, "is not one the evaluate stage logs (one of"),
         ({"space": {"train.lr": {"loguniform": [0.1, 0.01]}}, "search": "random"}, "low < high"),
         ({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}, "which a grid cannot enumerate"),
         ({"space": {"beta": [100]}, "resources": {"gpu": 1.5}}, "resources.gpu"),
@@ -70,6 +79,16 @@ def test_a_bad_sweep_is_one_line_naming_the_culprit(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"sweep: error: {path}: "), err
     assert expected in err
+
+
+def test_a_sweep_without_a_validation_split_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vae.sweep.spec import SweepError, load_sweep
+
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    set_params(params, **{"data.val_size": 0})
+    with pytest.raises(SweepError, match=r"data.val_size: 0, and a sweep chooses on the validation split"):
+        load_sweep(write_sweep(tmp_path, "grid", GRID), params)
 
 
 def test_an_unreachable_ray_address_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -202,14 +221,14 @@ def test_a_grid_on_two_nodes_runs_every_trial_once_in_mlflow(project, server, cl
     }
     assert len({r.data.tags["ray_node_id"] for r in trials}) == 2  # both nodes ran trials
     for r in trials:
-        assert r.data.metrics["eval_iw_log_likelihood"] < 0 and "test_nelbo" in r.data.metrics
+        assert r.data.metrics["eval_val_iw_log_likelihood"] < 0 and "val_nelbo" in r.data.metrics
         history = mlflow_runs(server.uri)[1].get_metric_history(r.info.run_id, "loss")
         assert sorted(m.step for m in history) == [1, 2]  # every epoch, once
-    best = max(trials, key=lambda r: r.data.metrics["eval_iw_log_likelihood"])
-    table = output[output.index("4 trials by eval_iw_log_likelihood") :].splitlines()
+    best = max(trials, key=lambda r: r.data.metrics["eval_val_iw_log_likelihood"])
+    table = output[output.index("4 trials by eval_val_iw_log_likelihood") :].splitlines()
     first = table[2].split()
     assert [float(first[0]), int(first[1])] == [float(best.data.params["beta"]), int(best.data.params["latent_dim"])]
-    assert float(first[3]) == pytest.approx(best.data.metrics["eval_iw_log_likelihood"], abs=1e-4)
+    assert float(first[3]) == pytest.approx(best.data.metrics["eval_val_iw_log_likelihood"], abs=1e-4)
     exp_name = f"grid-best-{parent[:6]}"
     beta = best.data.params["beta"].removesuffix(".0")
     command = f"dvc exp run -S beta={beta} -S latent_dim={best.data.params['latent_dim']} -S epochs=2 -n {exp_name}"
@@ -254,7 +273,7 @@ def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server
     trials = trial_runs(server.uri, parent.group(1))
     assert len(trials) == 4, [r.data.tags.get("ray_trial_id") for r in trials]
     assert len({r.data.tags["ray_trial_id"] for r in trials}) == 4
-    assert all(r.info.status == "FINISHED" and "eval_iw_log_likelihood" in r.data.metrics for r in trials)
+    assert all(r.info.status == "FINISHED" and "eval_val_iw_log_likelihood" in r.data.metrics for r in trials)
     moved = [r for r in trials if r.info.run_id == on_worker[0].info.run_id][0]
     assert moved.data.tags["ray_node_id"] != worker.node_id  # it finished on the head
     assert "resumed_after_epoch" in moved.data.tags
@@ -285,12 +304,89 @@ def test_a_trial_equals_the_dvc_stages_and_a_failing_trial_is_recorded(project) 
     assert "-S train.lr=0.002 -S epochs=2 -n lr-best-" in output
     assert good.data.tags["threads"] == "1"
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
-    for name, value in evaluation.items():
+    validation = {name: value for name, value in evaluation.items() if name.startswith("val_")}
+    assert len(validation) == 7  # every β-independent metric, on validation
+    for name, value in validation.items():
         assert good.data.metrics[f"eval_{name}"] == pytest.approx(value, rel=1e-6, abs=1e-7), name
+    assert not [key for key in good.data.metrics if "test" in key]  # a sweep never reads the test set
     trained = json.loads((root / "metrics" / "train.json").read_text())
     for name, value in trained.items():
         assert good.data.metrics[name] == pytest.approx(value, rel=1e-6, abs=1e-7), name  # fp32 or bf16 alike
     assert "lr-best-" in run(["dvc", "exp", "list", "--name-only"], root, env)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_driver_is_killed_continues_when_run_again(project) -> None:
+    """SIGKILL `python -m vae.sweep` (and the Ray it started) after its first finished trial; the same command
+    again continues the same Tune experiment under the same parent run, and every trial finishes once."""
+    root, env = project
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spec = {"space": {"beta": [100, 300, 500]}, "epochs": 2, "max_concurrent": 1}  # one trial after another
+    path = write_sweep(root, "driver", spec)
+    # a session of its own: the kill takes the driver and the local Ray it started, as a closed terminal would
+    driver = subprocess.Popen(
+        sweep_command(path),
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(driver.stdout), daemon=True).start()
+    deadline = time.monotonic() + 600
+    try:
+        while True:  # until the first trial has finished
+            assert driver.poll() is None, "".join(output)[-3000:]
+            assert time.monotonic() < deadline, "no trial finished"
+            parent = re.search(r"MLflow parent run (\w+)", "".join(output))
+            finished = [r for r in trial_runs(uri, parent.group(1)) if r.info.status == "FINISHED"] if parent else []
+            if finished:
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    parent = parent.group(1)
+    [first] = finished
+    assert "trials by" not in "".join(output)  # killed mid-sweep
+
+    again = run(sweep_command(path), root, env, timeout=900)
+    assert "sweep: continuing the interrupted sweep driver-" in again and parent_run_id(again) == parent, again
+    trials = trial_runs(uri, parent)
+    assert len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
+    assert sorted(float(r.data.params["beta"]) for r in trials) == [100.0, 300.0, 500.0]  # each trial once
+    client = mlflow_runs(uri)[1]
+    for r in trials:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == [1, 2]  # each epoch once
+    assert next(r for r in trials if r.info.run_id == first.info.run_id).info.end_time == first.info.end_time
+    assert client.get_run(parent).info.status == "FINISHED" and "3 trials by" in again
+    assert not (root / "ray_results" / "driver.unfinished.json").exists()
+
+
+def test_a_changed_sweep_file_or_lost_tune_state_starts_afresh_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from vae.sweep.resume import find_unfinished, fingerprint, mark_finished, mark_unfinished
+    from vae.sweep.spec import load_sweep
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the project's params.yaml and dvc.yaml
+    sweep = load_sweep(write_sweep(tmp_path, "grid", GRID))
+    storage = tmp_path / "ray_results"
+    assert find_unfinished(sweep, storage) == (None, None)  # nothing left behind: a new sweep, silently
+    mark_unfinished(sweep, storage, "grid-1", "a" * 32)
+    unfinished, stale = find_unfinished(sweep, storage)  # killed before Tune saved anything: nothing to restore
+    assert unfinished is None and stale.experiment == "grid-1"
+    assert f"Tune saved no state in {storage / 'grid-1'} for the interrupted sweep grid-1" in capsys.readouterr().out
+    sweep.path.write_text(sweep.path.read_text() + "epochs: 3\n")  # the file changed
+    assert fingerprint(sweep) != json.loads((storage / "grid.unfinished.json").read_text())["fingerprint"]
+    unfinished, stale = find_unfinished(sweep, storage)
+    assert unfinished is None and stale.parent_run_id == "a" * 32
+    changed = f"{sweep.path} or params.yaml changed since the interrupted sweep grid-1 (run {'a' * 32})"
+    assert capsys.readouterr().out == f"sweep: starting afresh: {changed}\n"
+    mark_finished(sweep, storage)
+    assert not (storage / "grid.unfinished.json").exists()
 
 
 @pytest.mark.slow
@@ -311,6 +407,6 @@ def test_optuna_with_asha_leaves_no_run_running(project) -> None:
         if r.info.status == "KILLED":
             assert r.data.tags["stopped_early"].startswith("stopped by ASHA after epoch")
         else:
-            assert r.info.status == "FINISHED" and "eval_iw_log_likelihood" in r.data.metrics
+            assert r.info.status == "FINISHED" and "eval_val_iw_log_likelihood" in r.data.metrics
     assert any(r.info.status == "FINISHED" for r in trials)
     assert len({r.data.params["train.lr"] for r in trials}) == 4  # TPE sampled the range

@@ -46,7 +46,7 @@ from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.tracking.server import LocalPostgres
 
 ARTIFACTS_DESTINATION = "s3://team/mlflow"
-TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "test_loss", "test_reconstruction_loss", "test_kl_loss"]
+TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]
 
 
 def params_of(run_: dict) -> dict[str, str]:
@@ -111,8 +111,8 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"]
         for i in training["inputs"]["dataset_inputs"]
     }
-    assert set(inputs) == {"training", "testing"}
-    for context, split in (("training", "train"), ("testing", "test")):
+    assert set(inputs) == {"training", "validation"}
+    for context, split in (("training", "train"), ("validation", "val")):
         prepared = root / "data" / "prepared" / f"{split}.pt"
         assert inputs[context]["name"] == f"fashion-mnist-{split}"
         assert inputs[context]["digest"] == md5(prepared)
@@ -136,9 +136,10 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
             assert server.download(f"{child['info']['artifact_uri']}/{image}").startswith(b"\x89PNG")
             child_id = child["info"]["run_id"]
             assert f"mlflow/{experiment['experiment_id']}/{child_id}/artifacts/{image}" in in_bucket, image
-    assert {m["key"] for m in evaluate["data"]["metrics"]} >= {"eval_nelbo", "eval_iw_log_likelihood"}
+    assert {m["key"] for m in evaluate["data"]["metrics"]} >= {"eval_val_nelbo", "eval_test_iw_log_likelihood"}
     assert {i["dataset"]["digest"] for i in evaluate["inputs"]["dataset_inputs"]} == {
         md5(root / "data/prepared/test.pt"),
+        md5(root / "data/prepared/val.pt"),
         md5(root / "data/prepared/train.pt"),
     }
 

@@ -68,4 +68,4 @@ def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
     }
     assert name in shown, table
     assert shown[name]["params"]["params.yaml"]["data"]["beta"] == 100
-    assert shown[name]["metrics"]["metrics/evaluate.json"]["data"]["nelbo"] > 0
+    assert shown[name]["metrics"]["metrics/evaluate.json"]["data"]["val_nelbo"] > 0

@@ -263,7 +263,7 @@ def train_vae_model(
             ``kl_loss`` and, with a ``val_loader``, the same with ``val_prefix``.
         progress: show a tqdm bar per epoch with the running losses (None: only on a terminal).
         start_epoch: first epoch to train, to continue an interrupted run.
-        val_prefix: prefix of the held-out metrics' keys ("val_"; the pipeline uses "test_").
+        val_prefix: prefix of the held-out metrics' keys ("val_", as the pipeline's validation split).
         history: the earlier epochs' history, extended in place (to continue a run).
         precision: "fp32", "bf16" for bfloat16 autocast in training (see :func:`train_one_epoch`),
             or "auto" (:func:`resolve_precision`); evaluation always runs in float32.

@@ -7,8 +7,8 @@ when data.val_size is 0) and ``test.pt`` (read by the evaluate stage alone, to r
 
 from __future__ import annotations
 
-from vae.config import load_params
-from vae.data import FashionMNISTSplit, read_split, resolve_data_dir, split_validation
+from vae.config import ParamsError, load_params
+from vae.data import DataError, FashionMNISTSplit, read_split, resolve_data_dir, split_validation
 from vae.pipeline import paths
 from vae.storage import save_prepared
 
@@ -21,7 +21,10 @@ def main() -> None:
     if params.data.val_size:
         # carved from all 60,000 before train_limit, so validation stays the same images whatever
         # train_limit an experiment sets, and their validation metrics compare
-        train, splits[paths.PREPARED_VAL] = split_validation(train, params.data.val_size, params.data.val_seed)
+        try:
+            train, splits[paths.PREPARED_VAL] = split_validation(train, params.data.val_size, params.data.val_seed)
+        except DataError as err:
+            raise ParamsError(f"{paths.PARAMS}: {err}") from None
     limit = params.data.train_limit
     splits[paths.PREPARED_TRAIN] = FashionMNISTSplit(train.images[:limit], train.labels[:limit])
     splits[paths.PREPARED_TEST] = read_split(source, "test", params.data.test_limit)

@@ -214,7 +214,7 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
     if not params.data.val_size:
         raise SweepError(
             f"{path}: {params_path} sets data.val_size: 0, and a sweep chooses on the validation split; "
-            "set data.val_size (5000 by default) and run `dvc repro prepare` first"
+            "set data.val_size (5000 by default) and rerun the prepare stage (dvc repro prepare)"
         )
     allowed = sweepable_keys(params)
     base = params.model_dump()  # the mapping the trials' overrides apply to

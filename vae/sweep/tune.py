@@ -41,6 +41,7 @@ from vae.pipeline.evaluate import evaluate_model
 from vae.pipeline.resume import TrainState
 from vae.pipeline.train import start_training
 from vae.storage import load_model, load_prepared, save_model
+from vae.sweep.resume import Unfinished, close_stale, find_unfinished, mark_finished, mark_unfinished
 from vae.sweep.spec import EPOCH_METRIC, Sweep, SweepError
 from vae.tracking.epoch_images import EpochImages
 from vae.tracking.registry import best_first, log_models
@@ -120,6 +121,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if existing is not None and existing.info.status == "FAILED":
         # an earlier attempt failed on its own (not a lost node): the same inputs fail the same way
         raise TrialFailed(existing.data.tags.get(FAILURE_TAG, "failed in an earlier attempt"))
+    if existing is not None and existing.info.status == "FINISHED":
+        # finished before its driver was killed, after Tune's last save of the sweep's state: its run holds
+        # the final report, so the trial reports it again instead of training its last epoch once more
+        final = {k: v for k, v in existing.data.metrics.items() if not k.startswith("system/")}
+        tune.report(final | {"epoch": params.epochs, "mlflow_run_id": existing.info.run_id})
+        return
     if existing is None:
         tags = {
             "mlflow.parentRunId": setup.parent_run_id,
@@ -441,23 +448,29 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
         uri = mlflow.get_tracking_uri()
         client = mlflow.MlflowClient()
         started = time.monotonic()
+        unfinished, stale = find_unfinished(sweep, storage)
+        if stale is not None:
+            close_stale(stale)
         with (
             lost_server_reported("finished trials are in MLflow; start the server again and rerun the sweep"),
-            mlflow.start_run(run_name=f"sweep-{sweep.name}", tags={"pipeline_stage": "sweep"}) as parent,
+            _parent_run(sweep, unfinished) as parent,
         ):
-            mlflow.log_params(
-                {
-                    "sweep_file": str(sweep.path),
-                    "search": sweep.spec.search,
-                    "metric": sweep.spec.metric,
-                    "mode": sweep.mode,
-                    "epochs": sweep.base["epochs"],
-                    "scheduler": sweep.spec.scheduler,
-                    "resources": f"cpu={sweep.spec.resources.cpu:g},gpu={sweep.spec.resources.gpu:g}",
-                    "space": yaml.safe_dump(sweep.spec.space, default_flow_style=True).strip(),
-                    "ray_nodes": len(nodes),
-                }
-            )
+            experiment = unfinished.experiment if unfinished else f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            mark_unfinished(sweep, storage, experiment, parent.info.run_id)
+            if unfinished is None:
+                mlflow.log_params(
+                    {
+                        "sweep_file": str(sweep.path),
+                        "search": sweep.spec.search,
+                        "metric": sweep.spec.metric,
+                        "mode": sweep.mode,
+                        "epochs": sweep.base["epochs"],
+                        "scheduler": sweep.spec.scheduler,
+                        "resources": f"cpu={sweep.spec.resources.cpu:g},gpu={sweep.spec.resources.gpu:g}",
+                        "space": yaml.safe_dump(sweep.spec.space, default_flow_style=True).strip(),
+                        "ray_nodes": len(nodes),
+                    }
+                )
             commit = parent.data.tags.get(GIT_COMMIT_TAG)
             logged = lineage_params("evaluate")
             setup = TrialSetup(sweep, train, val, classifier, uri, experiment_id, parent.info.run_id, commit, logged)
@@ -465,9 +478,10 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
                 f"sweep: {sweep.name} on {len(nodes)} Ray node(s), {sweep.spec.resources.cpu:g} CPU and "
                 f"{sweep.spec.resources.gpu:g} GPU per trial; MLflow parent run {parent.info.run_id}"
             )
-            results = _tune(sweep, setup, storage)
+            results = _tune(sweep, setup, storage / experiment, restore=unfinished is not None)
             outcomes = ranked(_collect(sweep, results, setup, client), sweep.spec.metric, sweep.mode)
             _log_summary(sweep, outcomes, time.monotonic() - started)
+            mark_finished(sweep, storage)
             link = ui_link(experiment_id, parent.info.run_id)
     finally:
         ray.shutdown()
@@ -487,20 +501,31 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
     return outcomes
 
 
+def _parent_run(sweep: Sweep, unfinished: Unfinished | None) -> mlflow.ActiveRun:
+    """The sweep's MLflow parent run: the interrupted sweep's, continued, else a new one."""
+    if unfinished is not None:
+        return mlflow.start_run(run_id=unfinished.parent_run_id)
+    return mlflow.start_run(run_name=f"sweep-{sweep.name}", tags={"pipeline_stage": "sweep"})
+
+
 def _exp_name(sweep: Sweep, parent: mlflow.ActiveRun) -> str:
     return f"{sweep.name.replace('_', '-')}-best-{parent.info.run_id[:6]}"
 
 
-def _tune(sweep: Sweep, setup: TrialSetup, storage: Path) -> Any:
-    """Run the trials; returns Tune's ``ResultGrid``, every trial in it finished, stopped or failed."""
+def _tune(sweep: Sweep, setup: TrialSetup, folder: Path, restore: bool) -> Any:
+    """Run the trials in the Tune experiment ``folder`` (``restore``: continue the one a killed driver left
+    there); returns Tune's ``ResultGrid``, every trial in it finished, stopped or failed."""
     from ray import tune
 
     # the ranking metric comes with the last epoch's report only (see _search_algorithm); Tune's
     # searchers would otherwise reject the earlier epochs' reports for lacking it
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     resources = {"cpu": sweep.spec.resources.cpu, "gpu": sweep.spec.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)  # the data: put once
+    if restore:  # finished and failed trials stay as they were; unfinished ones go on from their checkpoints
+        return tune.Tuner.restore(str(folder), trainable, resume_unfinished=True, resume_errored=False).fit()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources),  # the data: put once
+        trainable,
         param_space=_search_space(sweep),
         tune_config=tune.TuneConfig(
             num_samples=sweep.spec.num_samples,
@@ -509,8 +534,8 @@ def _tune(sweep: Sweep, setup: TrialSetup, storage: Path) -> Any:
             max_concurrent_trials=sweep.spec.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage),
+            name=folder.name,
+            storage_path=str(folder.parent),
             failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
             verbose=1,
         ),

@@ -58,7 +58,8 @@ def test_metric_refusal(metric: str) -> str | None:
     if "test_" not in metric:
         return None
     twin = metric.replace("test_", "val_", 1)
-    return f"{metric} is a test-set metric, and the test set only reports: choose by its validation twin {twin}"
+    choose = f"its validation twin {twin}" if twin in DIRECTIONS else f"a validation metric: {ranking_metrics()}"
+    return f"{metric} is a test-set metric, and the test set only reports: choose by {choose}"
 
 
 def ranking_metrics() -> str:
