@@ -172,7 +172,6 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
         for key in ("loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"):
             history = client.get_metric_history(run_.info.run_id, key)
             assert [m.step for m in history] == [1], key
-        assert not any(key.startswith("eval_") for key in run_.data.metrics)  # evaluation is a run of its own
         assert [m.value for m in client.get_metric_history(run_.info.run_id, "beta")] == [
             float(run_.data.params["beta"])
         ]
@@ -194,6 +193,13 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
             "testing": "fashion-mnist-test",
         }
         assert evaluate.data.params["beta"] == run_.data.params["beta"] and "evaluate.knn_k" in evaluate.data.params
+        # the verdict on the training run too, where runs are compared: the β-independent metrics, not the losses
+        verdict = {k: v for k, v in evaluate.data.metrics.items() if k.startswith("eval_") and "loss" not in k}
+        assert {k: v for k, v in run_.data.metrics.items() if k.startswith("eval_")} == verdict
+        assert len(verdict) == 14  # 7 on validation, 7 on test
+        beta = f"{float(run_.data.params['beta']):g}"
+        assert evaluate.info.run_name.endswith(f"evaluate beta={beta} latent=2"), evaluate.info.run_name
+        assert generate.info.run_name.endswith(f"generate beta={beta} latent=2"), generate.info.run_name
         assert evaluate.data.tags["training_run_id"] == run_.info.run_id
         assert "generate.seed" in generate.data.params and "evaluate.knn_k" not in generate.data.params
         for child in (evaluate, generate):
@@ -237,6 +243,9 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project:
     assert new.data.params["evaluate.knn_k"] == "7" and new.data.params["beta"] == "100.0"
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert new.data.metrics["eval_val_knn_accuracy"] == pytest.approx(evaluation["val_knn_accuracy"])
+    # what the training run shows is the latest evaluation's
+    shown = client.get_run(training_100.info.run_id).data.metrics
+    assert shown["eval_val_knn_accuracy"] == new.data.metrics["eval_val_knn_accuracy"]
     assert (project / "outputs/evaluate_run_id.txt").read_text().strip() == new_id
     print(f"\nnew evaluate run {new_id} under training run {training_100.info.run_id}:")
     for key in ("eval_val_knn_accuracy", "eval_val_nelbo"):

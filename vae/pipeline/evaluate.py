@@ -23,7 +23,7 @@ from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.pipeline.runner import write_json
 from vae.storage import load_model, load_prepared
 from vae.tracking.registry import decoder_model_id
-from vae.tracking.store import check_tracking_store, log_dataset, read_run_id, stage_run
+from vae.tracking.store import check_tracking_store, log_dataset, log_verdict, read_run_id, stage_run
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 
@@ -147,4 +147,7 @@ def main() -> None:
             log_dataset(splits[name], path, {"val": "validation", "test": "testing"}[name])
         # on the run, and on the training run's decoder model: its registered version shows them
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, model_id=decoder_model_id(training_run_id))
+        # and the verdict, the β-independent ones, on the training run: where runs are compared
+        verdict = {f"eval_{k}": v for k, v in metrics.items() if k not in LOSS_NAMES}
+        log_verdict(training_run_id, verdict, step=params.epochs)
         mlflow.log_artifacts(str(paths.EVALUATE_DIR), artifact_path="evaluate")

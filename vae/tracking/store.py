@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -365,11 +366,16 @@ def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
 def run_name(stage: str, beta: float | None = None, latent_dim: int | None = None) -> str:
     """A recognisable run name: the DVC experiment's name when there is one, then what the run is.
 
-    Training runs are named by their key params (``beta=500 latent=2``), the
-    evaluate and generate runs nested under them by their stage.
+    Training runs are named by their key params (``beta=500 latent=2``), the evaluate and
+    generate runs nested under them by their stage and the same params (``evaluate beta=500
+    latent=2``), so a child run says whose it is wherever MLflow lists it alone.
     """
     exp = os.environ.get("DVC_EXP_NAME")
-    what = f"beta={beta:g} latent={latent_dim}" if stage == "train" else stage
+    what = " ".join(
+        ([] if stage == "train" else [stage])
+        + ([] if beta is None else [f"beta={beta:g}"])
+        + ([] if latent_dim is None else [f"latent={latent_dim}"])
+    )
     return f"{exp + ' ' if exp else ''}{what}"
 
 
@@ -424,10 +430,28 @@ def stage_run(
                 file=sys.stderr,
             )
         tags = run_tags(device, stage) | {"training_run_id": training_run_id}
-        with mlflow.start_run(run_name=run_name(stage), parent_run_id=parent, tags=tags) as run:
+        name = run_name(stage, params.get("beta"), params.get("latent_dim"))
+        with mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags) as run:
             mlflow.log_params(dict(params))
             yield run
             write_run_id(run.info.run_id, run_id_file)
+
+
+def log_verdict(training_run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Copy the evaluate stage's β-independent ``metrics`` onto the training run that made the model, at
+    ``step`` (its last epoch), so the runs table sorts training runs by them and their chart and compare
+    views show them. A later evaluation logs them again, later, at the same step: MLflow shows the latest.
+    Nothing is copied when the training run is not in this store (``stage_run`` said so already)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(training_run_id)
+    except mlflow.exceptions.MlflowException:
+        return
+    now = int(time.time() * 1000)
+    entries = [mlflow.entities.Metric(key, value, now, step) for key, value in metrics.items()]
+    client.log_batch(training_run_id, metrics=entries)
 
 
 def write_run_id(run_id: str, path: Path) -> None:
