@@ -270,3 +270,15 @@ def test_the_champion_decoder_loads_by_alias(project: tuple[Path, dict[str, str]
     )
     loaded = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert loaded.stdout.strip() == "(4, 1, 32, 32) True True", loaded.stderr[-2000:]
+
+
+def test_a_refit_is_listed_as_having_no_validation_and_never_wins() -> None:
+    from vae.tracking.registry import Candidate, Promotion, format_promotion, rank
+
+    chosen = Candidate(1, "a" * 32, {"beta": "1275"}, {"eval_val_nelbo": 236.8, "eval_test_nelbo": 237.6})
+    refit = Candidate(2, "b" * 32, {"beta": "1275"}, {"eval_test_nelbo": 237.2})  # data.val_size: 0
+    never = Candidate(3, "c" * 32, {"beta": "1275"}, {})
+    ranked = rank([refit, never, chosen], "nelbo")
+    assert ranked[0] is chosen
+    table = format_promotion(Promotion(NAME, "eval_val_nelbo", ranked, chosen, None)).splitlines()
+    assert table[3].rstrip().endswith("no validation") and table[4].rstrip().endswith("not evaluated")

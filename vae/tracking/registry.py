@@ -307,7 +307,8 @@ def format_promotion(result: Promotion, alias: str = ALIAS) -> str:
     lines = [f"{result.name}: versions by {metric} ({DIRECTIONS[metric]} is better)", header]
     for c in result.candidates:
         value = c.metrics.get(metric)
-        shown = f"{value:.4f}" if value is not None else "not evaluated"
+        # a version evaluated without the metric is a refit on train + validation (data.val_size: 0)
+        shown = f"{value:.4f}" if value is not None else "no validation" if c.metrics else "not evaluated"
         mark = f"  ← {alias}" if c is result.winner else ""
         lines.append(
             f"{c.version:>7}  {c.tags.get('beta', '?'):>8}  {c.tags.get('latent_dim', '?'):>10}  "
