@@ -34,7 +34,7 @@ ROWS = [
 def test_the_gpu_check_prints_every_step_on_a_cpu(tmp_path: Path) -> None:
     from conftest import write_fashion_mnist
 
-    env = clean_env(write_fashion_mnist(tmp_path / "idx", 600, 300))
+    env = clean_env(write_fashion_mnist(tmp_path / "idx", 800, 300))  # 256 for validation, 512 to train
     out = run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--small"], tmp_path, env, timeout=900)
     print(out)
     lines = out.splitlines()
