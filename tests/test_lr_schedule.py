@@ -52,7 +52,8 @@ def reference(kind: str, steps: int, lr: float, lr_min: float = 1e-5) -> list[fl
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     changes = {"epochs": EPOCHS, "train.batch_size": BATCH, "mlflow.system_metrics": False}
-    return prepared_project(tmp_path, monkeypatch, **changes, **{"mlflow.registered_model": None})
+    # 96 training images and no validation split: 3 batches of 32 per epoch
+    return prepared_project(tmp_path, monkeypatch, **changes, **{"mlflow.registered_model": None, "data.val_size": 0})
 
 
 @pytest.mark.parametrize(("kind", "settings"), [("cosine", {"lr_min": 1e-5}), ("onecycle", {"lr_warmup": 0.25})])

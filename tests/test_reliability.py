@@ -35,7 +35,9 @@ def make_project(root: Path, source: Path, **train: object) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")  # the train stage reads its params keys from it
     save_prepared(read_split(source, "train"), root / "data/prepared/train.pt")
-    save_prepared(read_split(source, "test"), root / "data/prepared/test.pt")
+    held_out = read_split(source, "test")  # the train stage validates on val.pt; which images, no matter here
+    save_prepared(held_out, root / "data/prepared/val.pt")
+    save_prepared(held_out, root / "data/prepared/test.pt")
     return root
 
 
@@ -162,7 +164,7 @@ def test_non_finite_loss_keeps_the_last_good_state(
         return terms._replace(total=terms.total * float("nan")) if len(calls) == 8 else terms
 
     monkeypatch.setattr(vae.trainer, "vae_loss_from_logits", loss_that_breaks_in_epoch_2)
-    files = [Path("data/prepared/train.pt"), Path("data/prepared/test.pt")]
+    files = [Path("data/prepared/train.pt"), Path("data/prepared/val.pt")]
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
         train_pipeline(load_params(), *(load_prepared(f) for f in files), torch.device("cpu"), files)
     assert saved_epoch(root) == 1  # the last good epoch's checkpoint is kept

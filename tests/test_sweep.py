@@ -316,10 +316,14 @@ def test_a_trial_equals_the_dvc_stages_and_a_failing_trial_is_recorded(project) 
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_driver_is_killed_continues_when_run_again(project) -> None:
+def test_a_sweep_whose_driver_is_killed_continues_when_run_again(tmp_path: Path) -> None:
     """SIGKILL `python -m vae.sweep` (and the Ray it started) after its first finished trial; the same command
     again continues the same Tune experiment under the same parent run, and every trial finishes once."""
-    root, env = project
+    import psutil
+
+    env = readme_layout(tmp_path, n_train=400, n_test=200)
+    root = new_project(tmp_path / "main", env, train_limit=400, log_models=False)  # a project of its own
+    run(["dvc", "repro", "classifier"], root, env)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     spec = {"space": {"beta": [100, 300, 500]}, "epochs": 2, "max_concurrent": 1}  # one trial after another
     path = write_sweep(root, "driver", spec)
@@ -345,9 +349,13 @@ def test_a_sweep_whose_driver_is_killed_continues_when_run_again(project) -> Non
             if finished:
                 break
             time.sleep(0.5)
-    finally:
+    finally:  # the driver, its process group, and every process it started (Ray's daemons and workers)
+        started = psutil.Process(driver.pid).children(recursive=True)
         os.killpg(driver.pid, signal.SIGKILL)
+        for child in started:
+            child.kill() if child.is_running() else None
         driver.wait(timeout=60)
+        psutil.wait_procs(started, timeout=60)
     parent = parent.group(1)
     [first] = finished
     assert "trials by" not in "".join(output)  # killed mid-sweep
