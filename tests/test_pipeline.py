@@ -233,11 +233,25 @@ def test_experiment_changing_only_evaluate_params_gets_a_run_of_its_own(project:
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out, out
     assert "Running stage 'generate'" not in out, out
     after = snapshot(project)
-    assert {run_id: after[run_id] for run_id in before} == before  # no earlier run gained or lost a number
     [new_id] = set(after) - set(before)
     runs, client = mlflow_runs(project)
     [new] = [r for r in runs if r.info.run_id == new_id]
     [training_100] = [r for r in by_stage(runs, "train") if r.data.params["beta"] == "100.0"]
+    # no earlier run gained or lost a number, but for the verdict its model's training run shows: each
+    # eval_* metric once more, the new evaluation's
+    verdict_run = training_100.info.run_id
+    assert {run_id: after[run_id] for run_id in before if run_id != verdict_run} == {
+        run_id: numbers for run_id, numbers in before.items() if run_id != verdict_run
+    }
+    was, now = before[verdict_run], after[verdict_run]
+    assert now["params"] == was["params"]
+    for key, history in now["metrics"].items():
+        if key.startswith("eval_"):
+            gained = [m for m in history if m not in was["metrics"][key]]
+            assert len(history) == len(was["metrics"][key]) + 1 and len(gained) == 1, key
+            assert gained[0][1] == new.data.metrics[key], key
+        else:
+            assert history == was["metrics"][key], key
     assert new.data.tags["pipeline_stage"] == "evaluate" and new.data.tags.get("dvc_exp_name")
     assert new.data.tags["mlflow.parentRunId"] == training_100.info.run_id  # the run that made the model
     assert new.data.params["evaluate.knn_k"] == "7" and new.data.params["beta"] == "100.0"
