@@ -317,6 +317,16 @@ def test_the_database_password_is_in_no_command_line_and_no_log(server: Tracking
 
 
 @pytest.mark.slow
+def test_the_tracking_server_starts_no_job_runner(server: TrackingServer) -> None:
+    """MLflow's job runner (Huey workers for GenAI jobs, which this project never submits) stays off."""
+    import psutil
+
+    processes = psutil.Process(server.process.pid).children(recursive=True)
+    assert any("mlflow" in " ".join(p.cmdline()) for p in processes), "the server's processes were not found"
+    assert [p.cmdline() for p in processes if "huey" in " ".join(p.cmdline())] == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["wrong password", "unreachable database", "not an MLflow server"])
 def test_a_bad_tracking_store_stops_train_before_any_work(
     store: str, request: pytest.FixtureRequest, env: dict[str, str], tmp_path: Path

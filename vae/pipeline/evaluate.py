@@ -40,13 +40,13 @@ SPLIT_METRICS = (
 )
 # the training objective with the configured β, on test (train.json has validation's, per epoch)
 LOSS_NAMES = ("test_loss", "test_reconstruction_loss", "test_kl_loss")
-SPLITS = ("val", "test")  # validation to choose by, test to report
 
 
 def evaluate_split(
     model: VAE,
     classifier: FashionClassifier,
-    train: FashionMNISTSplit,
+    train_means: torch.Tensor,
+    train_labels: torch.Tensor,
     split: FashionMNISTSplit,
     params: Params,
     device: torch.device,
@@ -57,7 +57,8 @@ def evaluate_split(
     - ``iw_log_likelihood``: importance-weighted log p(x), nats per image, K = evaluate.iw_samples;
       its noise drawn from a generator seeded with evaluate.seed;
     - ``active_units``: latent dimensions with Var(E_q[z]) > 0.01;
-    - ``knn_accuracy``: k-NN (k = evaluate.knn_k) on latent means, trained on the train split;
+    - ``knn_accuracy``: k-NN (k = evaluate.knn_k) on latent means, its neighbours ``train_means``
+      (N_train, latent_dim) with ``train_labels`` (N_train,);
     - ``classifier_frechet_distance``: Fréchet distance between our classifier's features
       of evaluate.fd_samples prior samples (their codes drawn from a generator seeded with
       evaluate.seed) and of the split's images (not an Inception FID).
@@ -74,9 +75,8 @@ def evaluate_split(
         model, split.images, cfg.iw_samples, generator=iw_noise
     )
     means = encode_means(model, split.images, cfg.batch_size)
-    train_means = encode_means(model, train.images, cfg.batch_size)
     metrics["active_units"] = active_units(means)
-    metrics["knn_accuracy"] = knn_accuracy(train_means, train.labels, means, split.labels, k=cfg.knn_k)
+    metrics["knn_accuracy"] = knn_accuracy(train_means, train_labels, means, split.labels, k=cfg.knn_k)
     fd_codes = torch.Generator().manual_seed(cfg.seed)
     samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=fd_codes)
     metrics["classifier_frechet_distance"] = frechet_distance(
@@ -98,12 +98,13 @@ def evaluate_model(
     ``test_kl_loss`` (the training objective with the configured β, not comparable across β).
     Returns the metrics and each split's latent means."""
     metrics, means = {}, {}
+    train_means = encode_means(model, train.images, params.evaluate.batch_size)  # the k-NN's neighbours, once
     if "test" in splits:
         set_seed(params.evaluate.seed)  # the losses sample z, as in training
         batches = TensorBatches(splits["test"].images, params.evaluate.batch_size, shuffle=False, device=device)
         metrics |= evaluate_vae(model, batches, device, params.beta).as_dict("test_")
     for name, split in splits.items():
-        split_metrics, means[name] = evaluate_split(model, classifier, train, split, params, device)
+        split_metrics, means[name] = evaluate_split(model, classifier, train_means, train.labels, split, params, device)
         metrics |= {f"{name}_{key}": value for key, value in split_metrics.items()}
     return metrics, means
 

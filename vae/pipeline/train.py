@@ -259,8 +259,9 @@ def train_pipeline(
 
 def main() -> None:
     params = load_params(paths.PARAMS)
-    prepared = [paths.PREPARED_TRAIN] + ([paths.PREPARED_VAL] if params.data.val_size else [])
-    train, val = (*(load_prepared(path) for path in prepared), None)[:2]
+    prepared = [paths.PREPARED_TRAIN] + ([paths.PREPARED_VAL] if params.data.val_size else [])  # a refit: no val
+    train = load_prepared(paths.PREPARED_TRAIN)
+    val = load_prepared(paths.PREPARED_VAL) if params.data.val_size else None
     try:
         device = get_device(params.train.device)
     except DeviceError as err:

@@ -203,6 +203,9 @@ class LocalPostgres:
 # server through its environment, which only its user can read, never through its command line, which `ps`
 # shows every local user
 STORE_URI_VAR = "MLFLOW_BACKEND_STORE_URI"
+# MLflow's switch of its job runner (four Huey worker processes, ~250 MB each), which runs GenAI jobs this
+# project never submits: off unless the environment turns it on
+JOB_EXECUTION_VAR = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -298,7 +301,7 @@ def serve(
     """
     check_database(backend_store_uri, source)
     check_artifacts_destination(artifacts_destination)
-    environment = os.environ | {STORE_URI_VAR: backend_store_uri}
+    environment = {JOB_EXECUTION_VAR: "false"} | os.environ | {STORE_URI_VAR: backend_store_uri}
     if auth_folder is not None:
         environment |= authentication(auth_folder)
     command = mlflow_server_command(artifacts_destination, host, port, auth=auth_folder is not None)
