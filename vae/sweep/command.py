@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vae.errors import run_command
-from vae.sweep.spec import SweepError, load_sweep
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
 
     def run() -> None:
+        from vae.sweep.spec import SweepError, load_sweep  # after parsing: --help answers without torch
+
         sweep = load_sweep(args.sweep)  # every bad input fails here or in the checks, before any trial
         from vae.sweep import tune as sweeping  # which imports Ray only inside its functions
 
