@@ -138,7 +138,7 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
     import mlflow
 
     from vae.storage import load_model
-    from vae.tracking.registry import DECODER, log_models
+    from vae.tracking.registry import DECODER, log_models, logged_model_name
 
     model, _ = load_model(root / "models" / "vae_fashion_mnist.pth", get_device("auto"))
     mlflow.set_tracking_uri(f"sqlite:///{root / 'check.db'}")
@@ -154,7 +154,7 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
         port = s.getsockname()[1]
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'check.db'}"}
     serve_env = env | store | {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}  # the README's serving line
-    uri = f"runs:/{run.info.run_id}/{DECODER}"
+    uri = f"runs:/{run.info.run_id}/{logged_model_name(DECODER, None, model.latent_dim)}"
     command = ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     started = time.perf_counter()
     server = subprocess.Popen(command, cwd=root, env=serve_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

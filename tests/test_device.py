@@ -222,6 +222,28 @@ def test_the_logged_models_are_cpu_copies_and_the_trained_model_stays_put(tmp_pa
     assert dict(model.named_parameters()) == before and model.training  # the training model is untouched
 
 
+def test_the_logged_models_say_whose_they_are_and_evaluate_finds_the_decoder(tmp_path, monkeypatch) -> None:
+    """MLflow's model lists show names: each says the DVC experiment, the part and the key params."""
+    import mlflow
+
+    from vae.model import VAE
+    from vae.tracking import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_EXP_NAME", "half-beta")  # as `dvc exp run -n half-beta` sets it
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    with mlflow.start_run() as run:
+        registry.log_models(VAE(latent_dim=3), tmp_path / "checkpoint.pth", None, {}, beta=0.5)
+    client = mlflow.MlflowClient()
+    models = client.search_logged_models([run.info.experiment_id])
+    parts = {m.name: m.tags.get(registry.PART_TAG) for m in models}
+    assert parts == {"half-beta-decoder-beta0p5-latent3": "decoder", "half-beta-encoder-beta0p5-latent3": "encoder"}
+    decoder_id = registry.decoder_model_id(run.info.run_id)
+    assert client.get_logged_model(decoder_id).name == "half-beta-decoder-beta0p5-latent3"
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/half-beta-decoder-beta0p5-latent3")
+    assert loaded(torch.zeros(2, 3)).shape == (2, 1, 32, 32)
+
+
 def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_path, monkeypatch) -> None:
     """MLflow's pyfunc loader (what `mlflow models serve` runs) picks cuda wherever CUDA is available and
     refuses an exported CPU model there; MLFLOW_DEFAULT_PREDICTION_DEVICE=cpu, as the README serves, loads it."""
@@ -236,7 +258,7 @@ def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_pa
     (tmp_path / "checkpoint.pth").write_bytes(b"")
     with mlflow.start_run() as run:
         registry.log_models(VAE(latent_dim=2), tmp_path / "checkpoint.pth", None, {})
-    uri = f"runs:/{run.info.run_id}/{registry.DECODER}"
+    uri = f"runs:/{run.info.run_id}/{registry.logged_model_name(registry.DECODER, None, 2)}"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
     monkeypatch.delenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", raising=False)
     with pytest.raises(Exception, match="can't be loaded on 'cuda' device"):

@@ -160,6 +160,26 @@ def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> Non
     assert metrics["metrics/train.json"]["data"]["loss"] > 0
 
 
+def test_the_readme_s_comparison_shows_params_and_validation_verdicts_of_every_experiment(
+    project: Path, env: dict[str, str]
+) -> None:
+    """The README's `dvc exp show --drop … --keep …` line, as written: β, latent_dim and two validation
+    numbers comparable across β, one row per experiment; nothing β-dependent, nothing from test."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [line] = re.findall(r"(?m)^dvc exp show .*$", readme)
+    table = run(shlex.split(line.split("  #")[0]), project, env)
+    lines = [row.split() for row in table.splitlines() if row.strip() and not set(row.strip()) <= set("─━-|")]
+    assert sorted(lines[0]) == sorted(["Experiment", "beta", "latent_dim", "val_nelbo", "val_knn_accuracy"])
+    column = {name: lines[0].index(name) - len(lines[0]) for name in lines[0]}  # from the right: names have spaces
+    betas = {row[column["beta"]] for row in lines[1:]}
+    assert {"500", "100"} <= betas, table
+    for row in lines[1:]:
+        assert float(row[column["val_nelbo"]]) > 0 and 0 <= float(row[column["val_knn_accuracy"]]) <= 1
+
+
 def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> None:
     import mlflow
 
@@ -217,7 +237,9 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # runs:/ URIs resolve through it
     try:
-        model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/model")
+        # named whose it is: the DVC experiment's name, the part and the key params
+        exp = training["100.0"].data.tags["dvc_exp_name"]
+        model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/{exp}-decoder-beta100-latent2")
     finally:
         mlflow.set_tracking_uri(previous_env)
         if previous_env is None:

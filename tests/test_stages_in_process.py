@@ -243,6 +243,7 @@ def test_mlflow_log_models_false_logs_the_checkpoint_alone(project: Path, log_mo
         "checkpoint/vae_fashion_mnist.pth"
     ]
     models = client.search_logged_models([run.info.experiment_id])
-    assert sorted(m.name for m in models) == (["encoder", "model"] if log_models else [])
+    logged = ["decoder-beta500-latent2", "encoder-beta500-latent2"]  # params.yaml's beta and latent_dim
+    assert sorted(m.name for m in models) == (logged if log_models else [])
     versions = client.search_model_versions("name = 'fashion-mnist-vae'")
     assert len(versions) == (1 if log_models else 0)  # nothing to register without the models

@@ -156,7 +156,7 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         [
             sys.executable,
             "-c",
-            f"import mlflow, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/model'); "
+            f"import mlflow, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/decoder-beta500-latent2'); "
             "x = m(torch.randn(3, 2)); print(tuple(x.shape), float(x.min()) >= 0, float(x.max()) <= 1)",
         ],
         env=env,

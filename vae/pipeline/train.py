@@ -249,6 +249,7 @@ def train_pipeline(
             }
             | provenance,
             as_models=params.mlflow.log_models,
+            beta=params.beta,
         )
         write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
     served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"

@@ -217,7 +217,7 @@ def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: tor
         evaluation = {f"eval_{key}": value for key, value in metrics.items()}
         mlflow.log_metrics(evaluation, step=params.epochs)
         # logged, not registered: the winner is, once reproduced by DVC
-        log_models(saved, checkpoint, None, {}, as_models=params.mlflow.log_models)
+        log_models(saved, checkpoint, None, {}, as_models=params.mlflow.log_models, beta=params.beta)
     return evaluation
 
 

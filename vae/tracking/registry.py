@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ALIAS = "champion"
-DECODER, ENCODER = "model", "encoder"  # the MLflow models' names inside a training run
+DECODER, ENCODER = "decoder", "encoder"
+PART_TAG = "vae_part"  # on each logged model: which half of the VAE it is (DECODER or ENCODER)
 # the metrics promotion and sweeps choose by: the evaluate stage's on validation that do not depend
 # on β, with the direction that is better
 DIRECTIONS = {
@@ -97,8 +98,21 @@ def cpu_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).cpu().eval()
 
 
-def _log_exported(module: nn.Module, example: torch.Tensor, name: str, registered_model: str | None) -> str | None:
-    """Log ``module`` as an exported-graph MLflow model; returns its new registered version, if registered."""
+def logged_model_name(part: str, beta: float | None, latent_dim: int) -> str:
+    """The name of a training run's logged ``part`` (DECODER or ENCODER): the DVC experiment's name when
+    there is one, the part and the key params, as ``beta-100-decoder-beta100-latent2``, so that MLflow's
+    model lists say whose each is. MLflow forbids ``.`` in these names: β = 0.5 reads ``beta0p5``."""
+    import os
+
+    what = [part] + ([] if beta is None else [f"beta{beta:g}".replace(".", "p")]) + [f"latent{latent_dim}"]
+    return "-".join(filter(None, [os.environ.get("DVC_EXP_NAME"), *what]))
+
+
+def _log_exported(
+    module: nn.Module, example: torch.Tensor, name: str, part: str, registered_model: str | None
+) -> str | None:
+    """Log ``module`` as an exported-graph MLflow model named ``name``, tagged with its ``part``; returns its
+    new registered version, if registered."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -111,6 +125,7 @@ def _log_exported(module: nn.Module, example: torch.Tensor, name: str, registere
         info = mlflow.pytorch.log_model(
             module,
             name=name,
+            tags={PART_TAG: part},
             signature=infer_signature(example.numpy(), output.numpy()),
             input_example=example.numpy(),
             serialization_format="pt2",  # an exported graph: loading it needs no install of this project
@@ -126,6 +141,7 @@ def log_models(
     registered_model: str | None,
     version_tags: dict[str, str],
     as_models: bool = True,
+    beta: float | None = None,
 ) -> None:
     """Log the decoder and the encoder as MLflow models of the active run, and register both.
 
@@ -137,7 +153,8 @@ def log_models(
     version of ``registered_model`` and of its ``-encoder``, tagged with
     ``version_tags``. The whole VAE's checkpoint is logged under ``checkpoint/``
     (rebuild it with :func:`vae.storage.load_model`). ``as_models=False`` (``mlflow.log_models: false``)
-    logs the checkpoint alone: no export, nothing registered.
+    logs the checkpoint alone: no export, nothing registered. Their names say whose they are
+    (:func:`logged_model_name`, with ``beta``); ``runs:/<run id>/<name>`` loads either.
     """
     import mlflow
 
@@ -148,8 +165,16 @@ def log_models(
     images = torch.rand(4, model.input_channels, 32, 32, generator=torch.Generator().manual_seed(0))
     encoder_registered = encoder_name(registered_model) if registered_model else None
     versions = {
-        registered_model: _log_exported(model.decoder, latents, DECODER, registered_model),
-        encoder_registered: _log_exported(EncoderMeans(model.encoder), images, ENCODER, encoder_registered),
+        registered_model: _log_exported(
+            model.decoder, latents, logged_model_name(DECODER, beta, model.latent_dim), DECODER, registered_model
+        ),
+        encoder_registered: _log_exported(
+            EncoderMeans(model.encoder),
+            images,
+            logged_model_name(ENCODER, beta, model.latent_dim),
+            ENCODER,
+            encoder_registered,
+        ),
     }
     client = mlflow.MlflowClient()
     for name, version in versions.items():
@@ -170,7 +195,7 @@ def decoder_model_id(training_run_id: str) -> str | None:
     models = client.search_logged_models(
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{training_run_id}'"
     )
-    return next((m.model_id for m in models if m.name == DECODER), None)
+    return next((m.model_id for m in models if m.tags.get(PART_TAG) == DECODER), None)
 
 
 # --- promotion ------------------------------------------------------------------------------------------------
