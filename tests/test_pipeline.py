@@ -356,3 +356,55 @@ def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[s
     [generate] = children(runs, queued[0], "generate")
     artifact_dir = Path(generate.info.artifact_uri.removeprefix("file://"))
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
+
+
+def test_the_comparison_page_holds_every_training_and_marks_the_best(project: Path, env: dict[str, str]) -> None:
+    """`python -m vae.compare` on two DVC experiments (by name) and the baseline (by run id): one page
+    with each training's verdict, the best of each column marked, its pictures inline, nothing fetched."""
+    import re
+    from html.parser import HTMLParser
+
+    runs, client = mlflow_runs(project)
+    training = {r.data.params["beta"]: r for r in by_stage(runs, "train")}
+    names = [training["100.0"].data.tags["dvc_exp_name"], training["50.0"].data.tags["dvc_exp_name"]]
+    baseline = next(r for r in by_stage(runs, "train") if "dvc_exp_name" not in r.data.tags)
+    out = run(["python", "-m", "vae.compare", *names, baseline.info.run_id, "--log"], project, env)
+    assert "compare: 3 trainings → compare.html" in out
+    page = (project / "compare.html").read_text()
+
+    class Cells(HTMLParser):  # the verdict table's rows: (text, marked best) per cell
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[tuple[str, bool]]] = []
+            self.references: list[str] = []
+            self.best = False
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            attrs = dict(attrs)
+            self.references += [v for k, v in attrs.items() if k in ("src", "href")]
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.best = attrs.get("class") == "best"
+
+        def handle_data(self, data: str) -> None:
+            if self.rows and data.strip():
+                self.rows[-1].append((data.strip(), self.best))
+
+    cells = Cells()
+    cells.feed(page)
+    assert cells.references and all(ref.startswith("data:image/png;base64,") for ref in cells.references)
+    assert not re.search(r"url\(|https?://", page)  # nothing to fetch: the page opens offline
+    assert len(cells.references) == 1 + 3 * 3  # the curves, and three pictures of each training
+    header = [text for text, _ in cells.rows[0]]
+    table = {row[0][0]: dict(zip(header, row)) for row in cells.rows[1:4]}
+    shown = [baseline, training["100.0"], training["50.0"]]
+    assert sorted(table) == sorted(r.info.run_name for r in shown)
+    for column, higher in (("val_nelbo", False), ("val_iw_log_likelihood", True), ("test_nelbo", False)):
+        values = {r.info.run_name: r.data.metrics[f"eval_{column}"] for r in shown}
+        for name, value in values.items():
+            assert float(table[name][column][0]) == pytest.approx(value, rel=1e-3)
+        best = (max if higher else min)(values, key=values.get)
+        assert [name for name in table if table[name][column][1]] == [best], (column, values)
+    [logged] = [r for r in mlflow_runs(project)[0] if r.data.tags.get("pipeline_stage") == "compare"]
+    assert [a.path for a in client.list_artifacts(logged.info.run_id, "compare")] == ["compare/compare.html"]

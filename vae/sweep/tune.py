@@ -31,9 +31,11 @@ import yaml
 
 from vae import fast_cpu
 from vae.classifier import FashionClassifier, load_classifier
+from vae.compare.page import write_page
 from vae.config import Params
 from vae.data import FashionMNISTSplit
 from vae.errors import UserError
+from vae.loss import nelbo_of_losses
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
@@ -56,7 +58,6 @@ from vae.tracking.store import (
 )
 from vae.utils import get_device, project_root
 
-PIXELS = 32 * 32  # the reconstruction loss is BCE per pixel; −ELBO sums it over an image
 STATE = "state.pt"  # the trial checkpoint's file: a vae.pipeline.resume.TrainState
 TRIAL_TAG = "ray_trial_id"
 NODE_TAG = "ray_node_id"
@@ -182,7 +183,7 @@ def _train_and_evaluate(
 
     def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
         metrics = metrics | {
-            EPOCH_METRIC: PIXELS * metrics["val_reconstruction_loss"] + metrics["val_kl_loss"],
+            EPOCH_METRIC: nelbo_of_losses(metrics["val_reconstruction_loss"], metrics["val_kl_loss"]),
             "beta": params.beta_at(epoch),
             "lr": training.lr,
         }
@@ -481,6 +482,10 @@ def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool =
             results = _tune(sweep, setup, storage / experiment, restore=unfinished is not None)
             outcomes = ranked(_collect(sweep, results, setup, client), sweep.spec.metric, sweep.mode)
             _log_summary(sweep, outcomes, time.monotonic() - started)
+            # the trials side by side, beside Tune's state and on the parent run
+            write_page(
+                [parent.info.run_id], storage / f"{experiment}.compare.html", log=True, parent=parent.info.run_id
+            )
             mark_finished(sweep, storage)
             link = ui_link(experiment_id, parent.info.run_id)
     finally:
