@@ -338,9 +338,46 @@ def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str])
             runs = json.load(r)["runs"]
         betas = {p["value"] for run_ in runs for p in run_["data"]["params"] if p["key"] == "beta"}
         assert {"500.0", "100.0"} <= betas
+        verdicts = {
+            m["value"]
+            for run_ in runs
+            if {"key": "pipeline_stage", "value": "train"} in run_["data"]["tags"]
+            for m in run_["data"].get("metrics", [])
+            if m["key"] == "eval_val_nelbo"
+        }
+        assert len(verdicts) >= 2  # every training run carries its evaluation's verdict
+        charts, column = verdict_in_the_browser(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs")
+        assert "eval_val_nelbo" in charts  # the training runs' chart view has the verdict's card
+        assert {round(v, 6) for v in verdicts} <= {round(float(c), 6) for c in column if c != "-"}
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def verdict_in_the_browser(runs_page: str) -> tuple[list[str], list[str]]:
+    """In Chromium, on `mlflow ui`'s runs page: the chart cards found by searching `eval_val_nelbo`, and the
+    cells of the runs table's `eval_val_nelbo` column once a user adds it (Columns → search → tick them)."""
+    from playwright.sync_api import sync_playwright
+    from test_explorer import chromium_or_fail
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_or_fail(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(runs_page + "?compareRunsMode=CHART")
+        page.get_by_placeholder("Search metric charts").fill("eval_val_nelbo")
+        cards = page.locator('[data-testid="experiment-view-compare-runs-card"] h4[title="eval_val_nelbo"]')
+        cards.first.wait_for(timeout=60_000)
+        charts = page.locator('[data-testid="experiment-view-compare-runs-card"] h4').all_inner_texts()
+        page.goto(runs_page + "?compareRunsMode=TABLE")
+        page.get_by_role("button", name="Columns", exact=True).click()
+        page.get_by_placeholder("Search columns").fill("eval_val_nelbo")
+        page.get_by_text("Metrics (").click()  # ticks the metrics found: eval_val_nelbo and its two halves
+        page.keyboard.press("Escape")
+        header = page.locator('[role="columnheader"][col-id="metrics.`eval_val_nelbo`"]')
+        header.first.wait_for(timeout=30_000)
+        column = page.locator('[role="gridcell"][col-id="metrics.`eval_val_nelbo`"]').all_inner_texts()
+        browser.close()
+    return charts, column
 
 
 def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
