@@ -145,8 +145,8 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
 
     # the logged model: its files behind the proxy, and loadable by a client that knows only the server
     models = server.api("logged-models/search", {"experiment_ids": [experiment["experiment_id"]]})["models"]
-    assert sorted(m["info"]["name"] for m in models) == ["encoder", "model"]  # the decoder, and the encoder
-    [model] = [m for m in models if m["info"]["name"] == "model"]
+    assert sorted(m["info"]["name"] for m in models) == ["decoder-beta500-latent2", "encoder-beta500-latent2"]
+    [model] = [m for m in models if m["info"]["name"] == "decoder-beta500-latent2"]
     assert model["info"]["source_run_id"] == run_id
     assert model["info"]["artifact_uri"].startswith("mlflow-artifacts:/")
     model_keys = s3.keys(f"mlflow/{experiment['experiment_id']}/models/{model['info']['model_id']}/artifacts/")
