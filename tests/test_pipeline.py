@@ -180,6 +180,23 @@ def test_the_readme_s_comparison_shows_params_and_validation_verdicts_of_every_e
         assert float(row[column["val_nelbo"]]) > 0 and 0 <= float(row[column["val_knn_accuracy"]]) <= 1
 
 
+def test_plots_diff_shows_each_experiment_s_pictures_side_by_side(
+    project: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """docs/pipeline.md's `dvc plots diff HEAD EXP`: every picture of both, by revision."""
+    [exp] = {
+        r.data.tags["dvc_exp_name"] for r in by_stage(mlflow_runs(project)[0], "train") if "dvc_exp_name" in r.data.tags
+    }
+    run(["dvc", "plots", "diff", "HEAD", exp, "-o", str(tmp_path / "plots")], project, env)
+    shown = {p.name for p in (tmp_path / "plots" / "static").iterdir()}
+    pictures = [
+        "evaluate_vae_reconstructions.png",
+        "generate_vae_generated_samples.png",
+        "generate_vae_latent_grid.png",
+    ]
+    assert {f"{rev}_outputs_{picture}" for rev in ("HEAD", exp) for picture in pictures} <= shown
+
+
 def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> None:
     import mlflow
 
