@@ -127,6 +127,14 @@ def new_project(
     return root
 
 
+def commit_data_and_classifier(root: Path, env: dict[str, str]) -> None:
+    """`dvc repro classifier` (prepare and the classifier, neither of which touches MLflow) and commit the
+    results: experiments queued from there skip both stages, as a user's would after a first `dvc repro`."""
+    run(["dvc", "repro", "classifier"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "prepared data and classifier"], root, env)
+
+
 def save_state(folder: Path, saved: Path) -> Path:
     """Copy ``folder`` (a project: git, DVC cache, mlflow.db, outputs) to ``saved``, to be put back by
     :func:`restore_state`. Nothing may be running in it."""
@@ -145,13 +153,15 @@ def restore_state(saved: Path, folder: Path) -> Path:
 
 
 def _forget_sqlite_engines(folder: Path) -> None:
-    """Drop this process's MLflow engines on SQLite files under ``folder``: MLflow keeps one per URI, whose
-    pooled connections would go on reading the replaced (deleted) file instead of the restored one."""
+    """Close this process's pooled MLflow connections to SQLite files under ``folder``: they would go on
+    reading the replaced (deleted) file instead of the restored one. MLflow keeps one engine per URI, and
+    its stores (cached per URI too) hold on to it: each is disposed (its next connection opens the file
+    anew) and stays in MLflow's map, to be disposed again at the next restore."""
     stores = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store")
     for module in (sys.modules[name] for name in stores if name in sys.modules):
-        engines = module.SqlAlchemyStore._engine_map
-        for uri in [uri for uri in engines if str(folder) in uri]:
-            engines.pop(uri).dispose()
+        for uri, engine in module.SqlAlchemyStore._engine_map.items():
+            if str(folder) in uri:
+                engine.dispose()
 
 
 def set_params(path: Path, **changes: object) -> None:

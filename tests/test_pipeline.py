@@ -10,12 +10,13 @@ import os
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from project import IMAGES, by_stage, children, free_port, new_project, run, run_queue
+from project import IMAGES, by_stage, children, free_port, new_project, restore_state, run, run_queue, save_state
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
@@ -41,13 +42,61 @@ OUTPUTS = [
 ]
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A tiny clone of this repository, as ``main`` beside ``shared``, at its saved states: after `dvc repro`
+    (``baseline``), then with those results committed and a β=100 experiment run in the workspace
+    (``two_trainings``, and that experiment's output). Each test restores the state it starts from, so
+    none depends on what another did or on their order."""
+
+    root: Path
+    baseline: Path
+    two_trainings: Path
+    beta_100_output: str
+
+
 @pytest.fixture(scope="module")
-def project(clone_home: Path, env: dict[str, str]) -> Path:
-    """A tiny clone of this repository, as ``main`` beside ``shared``, after `dvc repro`. Its tests build on
-    each other in this file's order (the beta=100 experiment, then experiments from it)."""
+def saved(clone_home: Path, env: dict[str, str]) -> Saved:
     root = new_project(clone_home / "main", env)
     run(["dvc", "repro"], root, env)
-    return root
+    baseline = save_state(root, clone_home / "baseline")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline results"], root, env)
+    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], root, env)
+    return Saved(root, baseline, save_state(root, clone_home / "two-trainings"), out)
+
+
+@pytest.fixture
+def reproduced(saved: Saved) -> Path:
+    """The project right after `dvc repro`."""
+    return restore_state(saved.baseline, saved.root)
+
+
+@pytest.fixture
+def project(saved: Saved) -> Path:
+    """The project with two trainings: the committed β=500 baseline and the β=100 experiment in the workspace."""
+    return restore_state(saved.two_trainings, saved.root)
+
+
+@pytest.fixture(scope="module")
+def three_trainings(saved: Saved, clone_home: Path, env: dict[str, str]) -> tuple[Path, str]:
+    """The two trainings and a queued experiment (β=50 on 150 images) run by `dvc queue start`: the saved
+    state and the queue's status."""
+    root = restore_state(saved.two_trainings, saved.root)
+    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.train_limit=150"], root, env)
+    status = run_queue(root, env, jobs=1)
+    stop_queue_workers(root, env)
+    return save_state(root, clone_home / "three-trainings"), status
+
+
+def stop_queue_workers(root: Path, env: dict[str, str], timeout: float = 60) -> None:
+    """`dvc queue stop`, then wait until no worker is left: one idles a minute in the project's .dvc/tmp
+    after its queue empties, and a state saved or replaced under it would not be the one it leaves."""
+    run(["dvc", "queue", "stop"], root, env)
+    deadline = time.monotonic() + timeout
+    while "Worker status: 0 active, 0 idle" not in (status := run(["dvc", "queue", "status"], root, env)):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
 
 
 def mlflow_runs(root: Path) -> tuple[list, object]:
@@ -70,7 +119,8 @@ def snapshot(root: Path) -> dict[str, dict]:
     }
 
 
-def test_repro_writes_every_output_and_is_up_to_date(project: Path, env: dict[str, str]) -> None:
+def test_repro_writes_every_output_and_is_up_to_date(reproduced: Path, env: dict[str, str]) -> None:
+    project = reproduced
     for name in OUTPUTS:
         assert (project / name).is_file() and (project / name).stat().st_size > 0, name
     assert "up to date" in run(["dvc", "status"], project, env)
@@ -140,10 +190,8 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-def test_experiment_with_another_beta(project: Path, env: dict[str, str]) -> None:
-    run(["git", "add", "-A"], project, env)
-    run(["git", "commit", "-qm", "baseline results"], project, env)
-    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], project, env)
+def test_experiment_with_another_beta(saved: Saved, project: Path, env: dict[str, str]) -> None:
+    out = saved.beta_100_output  # `dvc exp run --set-param beta=100` after the baseline's results were committed
     assert "Stage 'prepare' didn't change, skipping" in out
     assert all(f"Running stage '{stage}'" in out for stage in ("train", "evaluate", "generate"))
     table = json.loads(run(["dvc", "exp", "show", "--json"], project, env))
@@ -397,11 +445,11 @@ def verdict_in_the_browser(runs_page: str) -> tuple[list[str], list[str]]:
     return charts, column
 
 
-def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[str, str]) -> None:
+def test_queued_experiment_lands_in_the_project_store(saved: Saved, three_trainings: tuple[Path, str]) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
-    run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.train_limit=150"], project, env)
-    status = run_queue(project, env, jobs=1)
+    state, status = three_trainings
+    project = restore_state(state, saved.root)
     assert status.count("Success") == 1, status
     runs, _ = mlflow_runs(project)
     queued = [r for r in by_stage(runs, "train") if r.data.params.get("beta") == "50.0"]
@@ -412,12 +460,15 @@ def test_queued_experiment_lands_in_the_project_store(project: Path, env: dict[s
     assert artifact_dir.is_relative_to(project) and (artifact_dir / "generate" / "vae_interpolation.png").is_file()
 
 
-def test_the_comparison_page_holds_every_training_and_marks_the_best(project: Path, env: dict[str, str]) -> None:
+def test_the_comparison_page_holds_every_training_and_marks_the_best(
+    saved: Saved, three_trainings: tuple[Path, str], env: dict[str, str]
+) -> None:
     """`python -m vae.compare` on two DVC experiments (by name) and the baseline (by run id): one page
     with each training's verdict, the best of each column marked, its pictures inline, nothing fetched."""
     import re
     from html.parser import HTMLParser
 
+    project = restore_state(three_trainings[0], saved.root)
     runs, client = mlflow_runs(project)
     training = {r.data.params["beta"]: r for r in by_stage(runs, "train")}
     names = [training["100.0"].data.tags["dvc_exp_name"], training["50.0"].data.tags["dvc_exp_name"]]

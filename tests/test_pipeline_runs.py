@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from project import IMAGES, by_stage, children, mlflow_runs, new_project, run, run_queue
+from project import IMAGES, by_stage, children, commit_data_and_classifier, mlflow_runs, new_project, run, run_queue
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +16,8 @@ pytestmark = pytest.mark.slow
 def test_parallel_queue_loses_no_run(clone_home: Path, env: dict[str, str]) -> None:
     """Four queued experiments on two workers, starting from no mlflow.db at all."""
     root = new_project(clone_home / "parallel", env, epochs=2)
+    commit_data_and_classifier(root, env)
+    assert not (root / "mlflow.db").exists()
     betas = ["1.0", "10.0", "100.0", "500.0"]
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=1,10,100,500"], root, env)  # DVC's grid syntax
     status = run_queue(root, env, jobs=2)

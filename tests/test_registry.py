@@ -139,7 +139,7 @@ def test_promote_picks_the_best_in_each_direction_and_a_rerun_changes_nothing(
     if worst_knn != best_knn:  # higher is better: the direction matters
         assert promote(root, env, "--metric", "eval_val_knn_accuracy").returncode == 0
         assert int(registry.get_model_version_by_alias(NAME, "champion").version) == version_of[best_knn]
-    assert promote(root, env).returncode == 0  # back to the default ranking for the tests below
+    assert promote(root, env).returncode == 0  # back to the default ranking
 
 
 @pytest.mark.parametrize(
@@ -169,10 +169,20 @@ def test_promote_refuses_a_metric_it_cannot_rank_by_in_one_line(
         assert "eval_val_iw_log_likelihood" in result.stderr and "eval_val_nelbo" in result.stderr
 
 
-@pytest.fixture
-def serve(project: tuple[Path, dict[str, str]]) -> Iterator:
-    """Start `mlflow models serve` (the README's command) for a model URI; stop it at the end."""
+@pytest.fixture(scope="module")
+def champion(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    """The project once `python -m vae.tracking.promote` (the default ranking) has named both champions:
+    whatever other tests promoted before, the alias names a version."""
     root, env = project
+    result = promote(root, env)
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+@pytest.fixture
+def serve(champion: tuple[Path, dict[str, str]]) -> Iterator:
+    """Start `mlflow models serve` (the README's command) for a model URI; stop it at the end."""
+    root, env = champion
     servers: list[subprocess.Popen] = []
 
     def start(uri: str) -> str:
@@ -223,12 +233,12 @@ def test_the_champion_decoder_is_served_over_rest_and_rejects_a_wrong_latent_wid
     assert status == 400 and "does not match expected shape (-1, 2)" in answer["message"]
 
 
-def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[Path, dict[str, str]], serve) -> None:
-    root, env = project
+def test_the_champion_encoder_embeds_images_without_this_package(champion: tuple[Path, dict[str, str]], serve) -> None:
+    root, env = champion
     from vae.storage import load_model, load_prepared
     from vae.utils import batch_images
 
-    champion = client(root).get_model_version_by_alias(ENCODER, "champion")
+    version = client(root).get_model_version_by_alias(ENCODER, "champion")
     images = batch_images(load_prepared(root / "data/prepared/test.pt").images[:5], torch.device("cpu"))
     # loaded in a process where importing this package fails
     code = (
@@ -245,7 +255,7 @@ def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[
     import mlflow
 
     checkpoint = mlflow.artifacts.download_artifacts(
-        run_id=champion.run_id,
+        run_id=version.run_id,
         artifact_path="checkpoint/vae_fashion_mnist.pth",
         tracking_uri=env["MLFLOW_TRACKING_URI"],
     )
@@ -261,8 +271,8 @@ def test_the_champion_encoder_embeds_images_without_this_package(project: tuple[
     assert status == 400 and "does not match expected shape (-1, 1, 32, 32)" in answer["message"]
 
 
-def test_the_champion_decoder_loads_by_alias(project: tuple[Path, dict[str, str]]) -> None:
-    root, env = project
+def test_the_champion_decoder_loads_by_alias(champion: tuple[Path, dict[str, str]]) -> None:
+    root, env = champion
     code = (
         "import torch, mlflow; "
         f"d = mlflow.pytorch.load_model('models:/{NAME}@champion'); x = d(torch.randn(4, 2)); "

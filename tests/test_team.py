@@ -32,6 +32,7 @@ from project import (
     by_stage,
     children,
     clean_env,
+    commit_data_and_classifier,
     free_port,
     mlflow_runs,
     new_project,
@@ -181,6 +182,7 @@ def test_two_queued_experiments_on_two_workers_against_the_server(
 ) -> None:
     env = env | {"MLFLOW_TRACKING_URI": server.uri}
     root = new_project(tmp_path / "queue", env, experiment="team-queue", log_models=False)
+    commit_data_and_classifier(root, env)
     run(["dvc", "exp", "run", "--queue", "-S", "beta=1,10"], root, env)
     status = run_queue(root, env, jobs=2)  # dvc queue start -j 2
     assert status.count("Success") == 2, status
