@@ -23,7 +23,7 @@ def run_command(name: str, main: Callable[[], None]) -> None:
     Output is line-buffered: Python block-buffers stdout into a file or pipe, which would hold
     every per-epoch line of ``dvc repro > run.log`` (or ``| tee``, or a CI log) until the stage ends.
 
-    The objects the imports made (torch, torchvision, MLflow) are frozen out of the garbage
+    The objects the imports made (torch, MLflow) are frozen out of the garbage
     collector's sight: no collection walks them again, the interpreter's last one at exit included,
     which took 2.5 of a generate stage's 11.5 s here (``python -X importtime`` shows what they are).
     """

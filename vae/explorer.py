@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from vae.data import PAD
 from vae.generator import decode_latents, latent_grid, latent_plane
 from vae.model import VAE
 from vae.storage import atomic_write
+from vae.tiles import tile
 
 TEMPLATE = Path(__file__).with_name("explorer.html")
 # matplotlib's tab10, the colours of the evaluate stage's latent-space scatter
@@ -53,7 +53,7 @@ def sprite(images: torch.Tensor, resolution: int) -> bytes:
     2-pixel frame the pipeline pads it with: a quarter fewer pixels to embed.
     """
     picture = images[..., PAD:-PAD, PAD:-PAD]
-    tiles = make_grid(picture.float().clamp(0, 1), nrow=resolution, padding=0)[0]  # (res·28, res·28)
+    tiles = tile(picture.float().clamp(0, 1), resolution, padding=0)[0]  # (res·28, res·28)
     pixels = (tiles * 255).round().to(torch.uint8).numpy()
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG", optimize=True)

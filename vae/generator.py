@@ -17,10 +17,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 from vae.model import VAE
 from vae.storage import atomic_write
+from vae.tiles import tile
 from vae.utils import batch_images, evaluating, model_device, standard_normal
 
 
@@ -133,8 +133,9 @@ def interpolate_latent(vae: VAE, z1: torch.Tensor, z2: torch.Tensor, num_steps: 
 
 
 def _image_figure(grid: torch.Tensor, figsize: tuple[float, float], title: str | None) -> Figure:
+    """A figure of ``grid`` (1, H, W) in [0, 1], in grays."""
     fig, ax = plt.subplots(figsize=figsize)
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -163,7 +164,7 @@ def visualize_samples(
     rows, cols = grid_shape
     if len(samples) > rows * cols:
         raise ValueError(f"{len(samples)} samples do not fit a {rows}×{cols} grid")
-    grid = make_grid(samples.detach().cpu().float(), nrow=cols, padding=2, pad_value=1.0)
+    grid = tile(samples.detach().cpu().float(), cols)
     fig = _image_figure(grid, (1.2 * cols, 1.2 * rows + (0.4 if title else 0)), title)
     save_figure(fig, save_path, bbox_inches="tight")
     return fig
@@ -172,7 +173,7 @@ def visualize_samples(
 def grid_picture(images: torch.Tensor, per_row: int) -> np.ndarray:
     """Images (N, 1, H, W) in [0, 1] tiled ``per_row`` to a row, 2-pixel white borders, as an 8-bit
     grayscale picture (H', W') uint8: each pixel the image's value × 255, rounded."""
-    grid = make_grid(images.detach().cpu().float(), nrow=per_row, padding=2, pad_value=1.0)[0]
+    grid = tile(images.detach().cpu().float(), per_row)[0]
     return grid.mul(255).round().to(torch.uint8).numpy()
 
 
@@ -197,7 +198,7 @@ def visualize_reconstruction(
     """
     originals = images[:n].detach().cpu().float()
     recon = reconstruct(vae, originals, device)
-    grid = make_grid(torch.cat([originals, recon]), nrow=len(originals), padding=2, pad_value=1.0)
+    grid = tile(torch.cat([originals, recon]), len(originals))
     fig = _image_figure(grid, (1.2 * len(originals), 2.8), "originals (top) and reconstructions (bottom)")
     save_figure(fig, save_path, bbox_inches="tight")
     return fig

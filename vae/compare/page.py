@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # a page written on a machine without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vae.compare.runs import PICTURES, Training  # noqa: E402
 from vae.storage import atomic_write  # noqa: E402
@@ -73,6 +74,7 @@ def curves(trainings: list[Training]) -> bytes:
             epochs, values = zip(*t.val_nelbo)
             axes.plot(epochs, values, marker="o", markersize=3, label=t.label)
     axes.set(xlabel="epoch", ylabel="validation NELBO (nats per image)", title="lower is better")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.25
     if len(trainings) <= 12:
         axes.legend(fontsize="small")
     buffer = io.BytesIO()
