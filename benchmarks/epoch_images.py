@@ -43,7 +43,8 @@ def main() -> None:
     print(f"CPU: {platform.machine()}, {os.cpu_count()} cores; device {device} ({training.precision})")
 
     started = time.perf_counter()
-    training.run(lambda epoch, metrics: None)
+    for epoch in training.epochs:
+        training.train_epoch(epoch)
     epoch_seconds = time.perf_counter() - started
 
     images = EpochImages.for_run(params, test.images)

@@ -78,7 +78,8 @@ def main() -> None:
         for seed in range(args.trials):
             params = sweep.params({"train.seed": seed})
             training = start_training(params, train, val, device)
-            training.run(lambda epoch, metrics: None)
+            for epoch in training.epochs:
+                training.train_epoch(epoch)
             evaluate_model(training.model, classifier.to(device), train, {"val": val}, params, device)
         sequential = time.perf_counter() - started
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from vae.data import ENV_VAR, SPLIT_FILES
-from vae.sweep.tune import SINGLE_MACHINE_RAY
-from vae.tracking.server import LocalPostgres, ServerError, postgres_tool
+from vae.sweep.cluster import SINGLE_MACHINE_RAY
+from vae.tracking.postgres import LocalPostgres, ServerError, postgres_tool
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,11 +28,13 @@ from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
+from vae.sweep.cluster import check_reachable
 from vae.sweep.spec import load_sweep
-from vae.sweep.tune import check_reachable
+from vae.tracking.postgres import LocalPostgres
 from vae.tracking.registry import Candidate, rank
-from vae.tracking.server import STORE_URI_VAR, LocalPostgres, check_artifacts_destination, store_uri
-from vae.tracking.store import TrackingError, check_database, check_tracking_store, read_run_id, refused
+from vae.tracking.runs import read_run_id
+from vae.tracking.server import STORE_URI_VAR, check_artifacts_destination, store_uri
+from vae.tracking.store import TrackingError, check_database, check_tracking_store, refused
 from vae.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,8 @@ def lrs_of_a_run(kind: str, **settings: object) -> tuple[list[float], int]:
     training.optimizer.register_step_pre_hook(
         lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
     )
-    training.run(lambda epoch, metrics: None)
+    for epoch in training.epochs:
+        training.train_epoch(epoch)
     return seen, EPOCHS * len(training.train_batches)
 
 

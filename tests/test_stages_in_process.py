@@ -20,7 +20,7 @@ from vae.errors import UserError, run_command
 from vae.model import VAE
 from vae.pipeline import evaluate, generate, paths
 from vae.storage import save_model
-from vae.tracking.store import write_run_id
+from vae.tracking.runs import write_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,8 @@ def test_training_run_records_its_data_and_system_metrics_as_the_param_says(
 def test_an_existing_experiment_gets_the_model_training_kind(project: Path) -> None:
     import mlflow
 
-    from vae.tracking.store import setup_experiment, tracking_uri
+    from vae.tracking.runs import setup_experiment
+    from vae.tracking.store import tracking_uri
 
     client = mlflow.MlflowClient(tracking_uri())
     made_before = client.create_experiment("made-before-the-tag")
@@ -210,7 +211,8 @@ def test_an_experiment_created_by_another_process_meanwhile_is_used(
     """Two queued experiments on a server both find no experiment, and both create it: the second must use it."""
     import mlflow
 
-    from vae.tracking.store import setup_experiment, tracking_uri
+    from vae.tracking.runs import setup_experiment
+    from vae.tracking.store import tracking_uri
 
     existing = mlflow.MlflowClient(tracking_uri()).create_experiment("created-meanwhile")
     real_lookup, lookups = mlflow.get_experiment_by_name, []

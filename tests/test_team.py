@@ -44,7 +44,7 @@ from project import (
 
 from vae.config import load_params
 from vae.pipeline.dvc_yaml import lineage_params, select
-from vae.tracking.server import LocalPostgres
+from vae.tracking.postgres import LocalPostgres
 
 ARTIFACTS_DESTINATION = "s3://team/mlflow"
 TRAIN_METRICS = ["loss", "reconstruction_loss", "kl_loss", "val_loss", "val_reconstruction_loss", "val_kl_loss"]

@@ -17,7 +17,7 @@ import pytest
 from conftest import require_postgres, shared_temp_dir, write_fashion_mnist
 from project import TrackingServer, clean_env, new_project, run, tags_of
 
-from vae.tracking.server import LocalPostgres
+from vae.tracking.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ def test_no_stage_or_command_imports_torchvision() -> None:
         "vae.pipeline.evaluate",
         "vae.pipeline.generate",
         "vae.sweep.tune",
+        "vae.sweep.trial",
         "vae.compare.page",
         "vae.explorer",
     ]

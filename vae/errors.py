@@ -16,6 +16,12 @@ class UserError(Exception):
     """Something the user gave (params, data, files, a server address) cannot be used; the message says why."""
 
 
+def one_line(err: BaseException) -> str:
+    """``err`` in one line: a user's mistake as its message says it, anything else as its type and first line."""
+    text = str(err).strip().splitlines()
+    return str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {text[0] if text else ''}"
+
+
 def run_command(name: str, main: Callable[[], None]) -> None:
     """Run a stage's or command's ``main``; a user's mistake (:class:`UserError`) ends it with one line
     on stderr and exit status 1. Any other exception is a bug and keeps its traceback.

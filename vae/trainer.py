@@ -26,6 +26,7 @@ __all__ = [
     "LossBreakdown",
     "NonFiniteLossError",
     "evaluate_vae",
+    "train_epoch",
     "train_vae_model",
     "vae_loss_function",
 ]
@@ -130,6 +131,44 @@ def _progress(batches: Iterable, desc: str, enabled: bool | None) -> tqdm:
     )
 
 
+def _train_step(
+    model: VAE,
+    x: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    beta: float,
+    precision: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> torch.Tensor:
+    """One optimizer step on the images ``x`` (B, 1, 32, 32); returns the batch's per-image (loss,
+    reconstruction loss, KL) as a detached (3,) tensor on the device, never read back here.
+
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (the backward pass follows it;
+    on the CPU the convolutions' weight gradients are computed in float32, see :mod:`vae.fast_cpu`);
+    weights, optimizer state and the loss stay in float32. It pays off only where the hardware computes
+    bf16 natively (CPUs with AVX512-BF16 or AMX, recent GPUs); elsewhere it is slower. "auto" picks one
+    for the device (:func:`resolve_precision`).
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits, mu, logvar = model.forward_logits(x)
+    terms = vae_loss_from_logits(logits.float(), x, mu.float(), logvar.float(), beta)
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return torch.stack(terms).detach()
+
+
+def _check_and_show(bar: tqdm, epoch: int, first_bad_step: torch.Tensor, sums: torch.Tensor, seen: int) -> None:
+    """Read the epoch's sums back from the device: stop at a non-finite loss, else show the running means."""
+    bad = int(first_bad_step)
+    if bad >= 0:
+        raise NonFiniteLossError(epoch, bad)
+    if seen:
+        loss, bce, kld = (sums / seen).tolist()
+        bar.set_postfix(loss=f"{loss:.2f}", bce=f"{bce:.4f}", kl=f"{kld:.2f}", refresh=False)
+
+
 def train_one_epoch(
     model: VAE,
     batches: Iterable,
@@ -143,21 +182,11 @@ def train_one_epoch(
     precision: str = "fp32",
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> LossBreakdown:
-    """One pass over ``batches``; returns the epoch's per-image average losses.
+    """One pass over ``batches``, a :func:`_train_step` each (``scheduler``, if any, stepped after it: a
+    per-batch schedule); returns the epoch's per-image average losses. ``precision``: see :func:`_train_step`.
 
-    ``scheduler``, if any, is stepped after every optimizer step (a per-batch
-    schedule, see :func:`make_scheduler`).
-
-    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (the
-    backward pass follows it; on the CPU the convolutions' weight gradients are
-    computed in float32, see :mod:`vae.fast_cpu`); weights, optimizer state and
-    the loss stay in float32. It pays off only where the hardware computes bf16
-    natively (CPUs with AVX512-BF16 or AMX, recent GPUs); elsewhere it is
-    slower. "auto" picks one for ``device`` (:func:`resolve_precision`).
-
-    The losses are summed on the device and read back only every
-    ``refresh_every`` steps (to refresh the progress bar and check for
-    non-finite values), so a GPU is never stalled by a per-step sync.
+    The losses are summed on the device and read back only every ``refresh_every`` steps (to refresh
+    the progress bar and check for non-finite values), so a GPU is never stalled by a per-step sync.
 
     Raises:
         NonFiniteLossError: the loss became inf/NaN; names the epoch and step.
@@ -166,38 +195,19 @@ def train_one_epoch(
     model.train()
     sums = torch.zeros(3, device=device)
     first_bad_step = torch.full((), -1, device=device)
-    seen = 0
+    seen = step = 0
     bar = _progress(batches, desc or f"epoch {epoch}", progress)
-
-    def check(step: int) -> None:
-        bad = int(first_bad_step)
-        if bad >= 0:
-            raise NonFiniteLossError(epoch, bad)
-        if seen:
-            loss, bce, kld = (sums / seen).tolist()
-            bar.set_postfix(loss=f"{loss:.2f}", bce=f"{bce:.4f}", kl=f"{kld:.2f}", refresh=False)
-
-    step = 0
     try:
         for step, batch in enumerate(bar, start=1):
             x = batch_images(batch, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits, mu, logvar = model.forward_logits(x)
-            terms = vae_loss_from_logits(logits.float(), x, mu.float(), logvar.float(), beta)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-
-            detached = torch.stack(terms).detach()
+            detached = _train_step(model, x, optimizer, beta, precision, scheduler)
             # the step goes in as a kernel argument: a tensor made of it would be a copy from the host each step
             first_bad_step.masked_fill_((first_bad_step < 0) & ~torch.isfinite(detached).all(), step)
             sums += detached * x.shape[0]
             seen += x.shape[0]
             if step % refresh_every == 0:
-                check(step)
-        check(step)
+                _check_and_show(bar, epoch, first_bad_step, sums, seen)
+        _check_and_show(bar, epoch, first_bad_step, sums, seen)
     finally:
         bar.close()
     if seen == 0:
@@ -247,30 +257,16 @@ def train_vae_model(
     precision: str = "fp32",
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``model`` for ``epochs`` passes over ``train_loader``.
+    """Train ``model`` over ``train_loader`` (batches as the module says, re-iterated each epoch) with
+    ``optimizer``, batches moved to ``device``, for epochs ``start_epoch`` to ``epochs`` (numbered from 1).
+    Returns the history: per-epoch values of ``loss``, ``reconstruction_loss``, ``kl_loss`` and, with
+    ``val_loader`` (held-out batches evaluated after every epoch), the same with ``val_prefix``.
 
-    Args:
-        model: the VAE, already on ``device``.
-        train_loader: iterable of batches (see the module docstring); re-iterated each epoch.
-        optimizer: optimizer over ``model``'s parameters.
-        device: where the batches are moved to.
-        epochs: number of the last epoch to train (epochs are numbered from 1).
-        beta: weight of the reconstruction term (not of KL, unlike the β-VAE paper), or a
-            function of the epoch (numbered from 1) giving each epoch's β — a schedule.
-        val_loader: optional held-out batches, evaluated after every epoch.
-        on_epoch_end: called as ``on_epoch_end(epoch, metrics)`` after every epoch,
-            with ``metrics`` the epoch's ``loss``, ``reconstruction_loss``,
-            ``kl_loss`` and, with a ``val_loader``, the same with ``val_prefix``.
-        progress: show a tqdm bar per epoch with the running losses (None: only on a terminal).
-        start_epoch: first epoch to train, to continue an interrupted run.
-        val_prefix: prefix of the held-out metrics' keys ("val_", as the pipeline's validation split).
-        history: the earlier epochs' history, extended in place (to continue a run).
-        precision: "fp32", "bf16" for bfloat16 autocast in training (see :func:`train_one_epoch`),
-            or "auto" (:func:`resolve_precision`); evaluation always runs in float32.
-        scheduler: a learning-rate schedule stepped after every batch (:func:`make_scheduler`).
-
-    Returns:
-        History: a list of per-epoch values under each key of ``metrics``.
+    ``beta`` weighs the reconstruction term (not KL, unlike the β-VAE paper), or is a function of the
+    epoch giving each epoch's β. ``on_epoch_end(epoch, metrics)`` is called after every epoch.
+    ``progress``: a tqdm bar per epoch (None: only on a terminal). ``history``: the earlier epochs',
+    extended in place, to continue a run. ``precision``: "fp32", "bf16" (:func:`_train_step`) or "auto";
+    evaluation always runs in float32. ``scheduler``: stepped after every batch (:func:`make_scheduler`).
 
     Raises:
         NonFiniteLossError: the loss became inf/NaN (the error names epoch and step).
@@ -279,29 +275,53 @@ def train_vae_model(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     beta_at = beta if callable(beta) else (lambda epoch: beta)
     history = {} if history is None else history
+    options = {
+        "val_batches": val_loader,
+        "val_prefix": val_prefix,
+        "progress": progress,
+        "precision": precision,
+        "scheduler": scheduler,
+    }
     for epoch in range(start_epoch, epochs + 1):
-        epoch_beta = beta_at(epoch)
-        if not math.isfinite(epoch_beta) or epoch_beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {epoch_beta!r} for epoch {epoch}")
-        train = train_one_epoch(
-            model,
-            train_loader,
-            optimizer,
-            device,
-            epoch_beta,
-            epoch,
-            progress,
-            desc=f"epoch {epoch}/{epochs}",
-            precision=precision,
-            scheduler=scheduler,
-        )
-        metrics = train.as_dict()
-        if val_loader is not None:
-            metrics.update(evaluate_vae(model, val_loader, device, epoch_beta).as_dict(val_prefix))
+        metrics = train_epoch(model, train_loader, optimizer, device, beta_at(epoch), (epoch, epochs), **options)
         for key, value in metrics.items():
             history.setdefault(key, []).append(value)
-        if progress is not False:
-            tqdm.write(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     return history
+
+
+def train_epoch(
+    model: VAE,
+    train_batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    beta: float,
+    epoch_of: tuple[int, int],
+    val_batches: Iterable | None = None,
+    val_prefix: str = "val_",
+    progress: bool | None = True,
+    precision: str = "fp32",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """Epoch ``epoch_of = (epoch, epochs)``: one pass over ``train_batches`` (:func:`train_one_epoch`), then
+    ``val_batches`` evaluated (:func:`evaluate_vae`, keys with ``val_prefix``); prints the epoch's line
+    unless ``progress`` is False. Returns the epoch's per-image losses by name.
+
+    Raises:
+        ValueError: ``beta`` is not a finite number >= 0.
+        NonFiniteLossError: the loss became inf/NaN.
+    """
+    epoch, epochs = epoch_of
+    if not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r} for epoch {epoch}")
+    desc = f"epoch {epoch}/{epochs}"
+    train = train_one_epoch(
+        model, train_batches, optimizer, device, beta, epoch, progress, desc, 20, precision, scheduler
+    )
+    metrics = train.as_dict()
+    if val_batches is not None:
+        metrics.update(evaluate_vae(model, val_batches, device, beta).as_dict(val_prefix))
+    if progress is not False:
+        tqdm.write(f"{desc}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics

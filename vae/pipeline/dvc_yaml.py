@@ -4,6 +4,8 @@ dvc.yaml is the one place that says what a stage depends on, and DVC reads it
 here as it does for ``dvc repro``: the train stage's resume fingerprint covers
 exactly the params DVC reruns train for, and each MLflow run logs the params of
 its stage and of every stage upstream of it (what actually shaped its results).
+DVC's public ``dvc.api.params_show(stages=…)`` gives a stage's param values but not the stages
+upstream of it, and needs an initialized repository (a sweep's trial folder has none): hence the index.
 """
 
 from __future__ import annotations

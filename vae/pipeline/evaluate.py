@@ -22,8 +22,10 @@ from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.pipeline.runner import write_json
 from vae.storage import load_model, load_prepared
+from vae.tracking.datasets import log_dataset
 from vae.tracking.registry import decoder_model_id
-from vae.tracking.store import check_tracking_store, log_dataset, log_verdict, read_run_id, stage_run
+from vae.tracking.runs import log_verdict, read_run_id, stage_run
+from vae.tracking.store import check_tracking_store
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 

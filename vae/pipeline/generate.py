@@ -26,7 +26,8 @@ from vae.generator import (
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.storage import load_model, load_prepared
-from vae.tracking.store import check_tracking_store, read_run_id, stage_run
+from vae.tracking.runs import read_run_id, stage_run
+from vae.tracking.store import check_tracking_store
 from vae.utils import get_device, set_seed
 
 

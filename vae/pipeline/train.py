@@ -6,7 +6,8 @@ Killed or interrupted, it resumes after the last finished epoch when started aga
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,23 +35,12 @@ from vae.pipeline.resume import (
 )
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
-from vae.tracking.epoch_images import EpochImages, logged_image_steps
+from vae.tracking.datasets import log_dataset
+from vae.tracking.epoch_images import EpochImages, pictured_epoch
 from vae.tracking.registry import log_models
-from vae.tracking.store import (
-    GIT_COMMIT_TAG,
-    check_tracking_store,
-    is_server,
-    log_dataset,
-    logged_epochs,
-    lost_server_reported,
-    run_name,
-    run_tags,
-    setup_experiment,
-    tracking_uri,
-    ui_link,
-    write_run_id,
-)
-from vae.trainer import configure_performance, make_optimizer, make_scheduler, resolve_precision, train_vae_model
+from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs, run_name, run_tags, setup_experiment, ui_link, write_run_id
+from vae.tracking.store import check_tracking_store, is_server, lost_server_reported, tracking_uri
+from vae.trainer import configure_performance, make_optimizer, make_scheduler, resolve_precision, train_epoch
 from vae.utils import DeviceError, get_device, set_seed
 
 
@@ -116,23 +106,19 @@ class Training:
         """The learning rate the next step will use."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def run(self, on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
-        """Train to ``params.epochs``, validating after each epoch (``val_*`` metrics); returns the history."""
-        return train_vae_model(
-            self.model,
-            self.train_batches,
-            self.optimizer,
-            self.device,
-            epochs=self.params.epochs,
-            beta=self.params.beta_at,
-            val_loader=self.val_batches,
-            progress=None,
-            start_epoch=self.start_epoch,
-            history=self.history,
-            on_epoch_end=on_epoch_end,
-            precision=self.precision,
-            scheduler=self.scheduler,
-        )
+    @property
+    def epochs(self) -> range:
+        """The epochs still to train: from :attr:`start_epoch` to ``params.epochs``."""
+        return range(self.start_epoch, self.params.epochs + 1)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train ``epoch``, then validate (``val_*`` metrics); adds its metrics to the history and returns them."""
+        batches, beta, of = self.train_batches, self.params.beta_at(epoch), (epoch, self.params.epochs)
+        options = {"val_batches": self.val_batches, "precision": self.precision, "scheduler": self.scheduler}
+        metrics = train_epoch(self.model, batches, self.optimizer, self.device, beta, of, progress=None, **options)
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(value)
+        return metrics
 
 
 def start_training(
@@ -180,82 +166,89 @@ def train_pipeline(
 ) -> dict[str, list[float]]:
     """Train (or continue training) as params say, log to MLflow, write the model and metrics files.
 
-    A checkpoint is written atomically after every epoch; see :mod:`vae.pipeline.resume`.
+    Each epoch: train, validate, save the resume state (atomically; see :mod:`vae.pipeline.resume`),
+    log its metrics and pictures. Returns the history of every epoch's metrics.
     """
     check_tracking_store()  # before any work: an unreachable server fails in seconds
     training = start_training(params, train, val, device)
-    model, precision = training.model, training.precision
-
     run_fingerprint = fingerprint(training_settings(params), prepared_files)
     state, note = load_state(run_fingerprint, state_file)
     print(f"train: {note}")
-    run_id = None
     if state is not None:
         training.resume(state)
-        run_id = state.run_id
     images = EpochImages.for_run(params, (train if val is None else val).images)  # the same ones every epoch
-
-    setup_experiment(params.mlflow.experiment_name)
-    name = None if run_id else run_name("train", params.beta, params.latent_dim)
-    tags = run_tags(device, "train")
     kept = f"every finished epoch is saved in {state_file}: start the server again and run `dvc repro` to resume"
-    with (
-        lost_server_reported(kept),
-        mlflow.start_run(run_id=run_id, run_name=name, log_system_metrics=params.mlflow.system_metrics) as run,
-    ):
-        if run_id is None:
+    with lost_server_reported(kept), training_run(training, state, images, (train, val), prepared_files) as run:
+        print(f"train: {len(train)} images on {device} ({training.precision}), MLflow run {run.info.run_id}")
+        for epoch in training.epochs:
+            metrics = training.train_epoch(epoch)
+            with interrupts_deferred():  # a Ctrl-C now waits until the epoch is saved and logged
+                save_state(training.state(run_fingerprint, epoch, run.info.run_id), state_file)
+                mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch), "lr": training.lr}, step=epoch)
+                if images.due(epoch):
+                    images.log(training.model, epoch)
+        write_results(training, run)
+    served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"
+    print(f"train: the run in MLflow's UI: {ui_link(run.info.experiment_id, run.info.run_id)}{served}")
+    clear_state(state_file)  # finished: a later run with the same inputs trains afresh
+    return training.history
+
+
+@contextmanager
+def training_run(
+    training: Training,
+    state: TrainState | None,
+    images: EpochImages,
+    splits: tuple[FashionMNISTSplit, FashionMNISTSplit | None],
+    prepared_files: list[Path],
+) -> Iterator[mlflow.ActiveRun]:
+    """The training's MLflow run: a new one with its params, tags and datasets, or, resuming ``state``, its
+    run again, first logging what the stopped run had finished but not logged."""
+    params = training.params
+    setup_experiment(params.mlflow.experiment_name)
+    run_id = None if state is None else state.run_id
+    name = None if run_id else run_name("train", params.beta, params.latent_dim)
+    with mlflow.start_run(run_id=run_id, run_name=name, log_system_metrics=params.mlflow.system_metrics) as run:
+        if state is None:
             # the params of train and of the stages feeding it: not evaluate's or generate's, which
             # later executions may change without retraining (each logs them in a run of its own);
             # and the tracking settings it ran with, which DVC leaves out of train's params
             mlflow.log_params(select(params.flat(), (*lineage_params("train"), "mlflow")))
-            arithmetic = {"precision": precision, "threads": torch.get_num_threads()}  # what rounding depends on
+            arithmetic = {"precision": training.precision, "threads": torch.get_num_threads()}  # rounding's
+            train, val = splits
             sizes = {"train_images": len(train), "val_images": 0 if val is None else len(val)}
-            mlflow.set_tags(tags | sizes | arithmetic)
+            mlflow.set_tags(run_tags(training.device, "train") | sizes | arithmetic)
             # training fits the train split and reports per-epoch losses on validation; it never reads test
-            for split, path, context in zip((train, val), prepared_files, ("training", "validation")):
+            for split, path, context in zip(splits, prepared_files, ("training", "validation")):
                 log_dataset(split, path, context)
         else:
-            _log_missing_epochs(run_id, training.history, params.beta_at, training.lr)
+            _log_missing_epochs(state.run_id, training.history, params.beta_at, training.lr)
             # the state is saved before the pictures: a kill in between leaves its epoch's to log now
-            if images.due(state.epoch) and state.epoch not in logged_image_steps(mlflow.MlflowClient(), run_id):
-                images.log(model, state.epoch)
-        print(f"train: {len(train)} images on {device} ({precision}), MLflow run {run.info.run_id}")
+            if images.due(state.epoch) and pictured_epoch(run) < state.epoch:
+                images.log(training.model, state.epoch)
+        yield run
 
-        def end_of_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            with interrupts_deferred():
-                save_state(training.state(run_fingerprint, epoch, run.info.run_id), state_file)
-                mlflow.log_metrics(metrics | {"beta": params.beta_at(epoch), "lr": training.lr}, step=epoch)
-                if images.due(epoch):
-                    images.log(model, epoch)
 
-        history = training.run(end_of_epoch)
-        save_model(model, paths.MODEL)
-        write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
-        write_history_csv(
-            history | {"beta": [params.beta_at(e) for e in range(1, params.epochs + 1)]}, paths.TRAIN_HISTORY
-        )
-        provenance = {k: v for k, v in tags.items() if k == "dvc_exp_name"}
-        if GIT_COMMIT_TAG in run.data.tags:
-            provenance["git_commit"] = run.data.tags[GIT_COMMIT_TAG]
-        log_models(
-            model,
-            paths.MODEL,
-            params.mlflow.registered_model,
-            {
-                "beta": f"{params.beta:g}",
-                "latent_dim": str(params.latent_dim),
-                "training_run_id": run.info.run_id,
-                "checkpoint_md5": file_md5(paths.MODEL),  # the DVC artifact's hash in dvc.lock
-            }
-            | provenance,
-            as_models=params.mlflow.log_models,
-            beta=params.beta,
-        )
-        write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
-    served = "" if is_server(tracking_uri()) else " (start `mlflow ui` first)"
-    print(f"train: the run in MLflow's UI: {ui_link(run.info.experiment_id, run.info.run_id)}{served}")
-    clear_state(state_file)  # finished: a later run with the same inputs trains afresh
-    return history
+def write_results(training: Training, run: mlflow.ActiveRun) -> None:
+    """After the last epoch: the model and the metrics files (DVC's outputs), the logged and registered
+    models, and the run-id file that evaluate and generate read."""
+    params, history, model = training.params, training.history, training.model
+    save_model(model, paths.MODEL)
+    write_json({key: values[-1] for key, values in history.items()}, paths.TRAIN_METRICS)
+    betas = [params.beta_at(e) for e in range(1, params.epochs + 1)]
+    write_history_csv(history | {"beta": betas}, paths.TRAIN_HISTORY)
+    provenance = {k: v for k, v in run_tags(training.device, "train").items() if k == "dvc_exp_name"}
+    if GIT_COMMIT_TAG in run.data.tags:
+        provenance["git_commit"] = run.data.tags[GIT_COMMIT_TAG]
+    version_tags = {
+        "beta": f"{params.beta:g}",
+        "latent_dim": str(params.latent_dim),
+        "training_run_id": run.info.run_id,
+        "checkpoint_md5": file_md5(paths.MODEL),  # the DVC artifact's hash in dvc.lock
+    }
+    registered, as_models = params.mlflow.registered_model, params.mlflow.log_models
+    log_models(model, paths.MODEL, registered, version_tags | provenance, as_models=as_models, beta=params.beta)
+    write_run_id(run.info.run_id, paths.TRAIN_RUN_ID)
 
 
 def main() -> None:

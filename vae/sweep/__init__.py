@@ -2,7 +2,9 @@
 
 ==============  =========================================================
 ``spec``        the sweep file, checked against params.yaml and dvc.yaml
-``tune``        the trial (trained and evaluated as the DVC stages do) and the driver
+``trial``       a trial, in a Ray worker: trained and evaluated as the DVC stages do
+``cluster``     joining Ray: this machine's, or a cluster's at ``RAY_ADDRESS``
+``tune``        the driver: the trials on Ray Tune, their table, the best one's command
 ``command``     the command line
 ==============  =========================================================
 """

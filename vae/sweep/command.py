@@ -8,7 +8,7 @@ Needs the prepared data and the classifier (`dvc repro classifier`). Every trial
 trains and evaluates as the DVC stages do and is an MLflow child run of one
 sweep run; the end prints the trials best first and the `dvc exp run -S … -n …`
 command that makes the best a versioned DVC experiment. The logic lives in
-:mod:`vae.sweep.tune` and :mod:`vae.sweep.spec`.
+:mod:`vae.sweep.tune`, :mod:`vae.sweep.trial` and :mod:`vae.sweep.spec`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from vae.sweep.spec import SweepError, load_sweep  # after parsing: --help answers without torch
 
         sweep = load_sweep(args.sweep)  # every bad input fails here or in the checks, before any trial
-        from vae.sweep import tune as sweeping  # which imports Ray only inside its functions
+        from vae.sweep import cluster
 
-        address = sweeping.ray_address(args.address)
+        address = cluster.ray_address(args.address)
         if address is None:
-            sweeping.keep_local_ray_on_loopback()  # before Ray is imported
+            cluster.keep_local_ray_on_loopback()  # before Ray is imported
         try:
             import optuna  # noqa: F401  (search: optuna)
             import ray.tune  # noqa: F401
@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SweepError(
                 f"Ray Tune or Optuna is not installed ({err}): pip install -c constraints.txt -e '.[sweep]'"
             ) from None
+        from vae.sweep import tune as sweeping  # which imports Ray only inside its functions
+
         storage = (args.storage or sweeping.default_storage()).resolve()
         sweeping.run_sweep(sweep, address, storage, args.run_best)
 

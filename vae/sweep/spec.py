@@ -177,14 +177,8 @@ def _candidates(where: str, key: str, entry: Any, search: str) -> list[Any]:
     )
 
 
-def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Sweep:
-    """Read ``path`` and check it against ``params_path``; every problem is one :class:`SweepError` line.
-
-    Checked: the file's own keys and types, that the space is not empty, that each
-    key is a params.yaml key a trial can change, that each value (each range end)
-    is a valid value of that key, and that the metric is one the evaluate stage logs.
-    """
-    path = Path(path)
+def _read_spec(path: Path) -> SweepSpec:
+    """The sweep file's own keys and types, and a space that is not empty."""
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as err:
@@ -199,17 +193,34 @@ def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Swee
         raise SweepError(f"{path}: {validation_message(err, raw, SweepSpec)}") from None
     if not spec.space:
         raise SweepError(f"{path}: space is empty: name at least one params.yaml key and its values")
+    return spec
 
-    if refusal := test_metric_refusal(spec.metric):
+
+def _ranking_mode(path: Path, metric: str, mode: str | None) -> str:
+    """``max`` or ``min``: ``mode`` as the file says, else the direction of ``metric``, one the evaluate stage
+    logs on validation."""
+    if refusal := test_metric_refusal(metric):
         raise SweepError(f"{path}: metric {refusal}")
-    if spec.metric not in metric_names():
+    if metric not in metric_names():
         raise SweepError(
-            f"{path}: metric {spec.metric} is not one the evaluate stage logs (one of: {', '.join(metric_names())})"
+            f"{path}: metric {metric} is not one the evaluate stage logs (one of: {', '.join(metric_names())})"
         )
-    mode = spec.mode or {"higher": "max", "lower": "min"}.get(DIRECTIONS.get(spec.metric, ""))
+    mode = mode or {"higher": "max", "lower": "min"}.get(DIRECTIONS.get(metric, ""))
     if mode is None:
-        raise SweepError(f"{path}: metric {spec.metric} has no known direction: add `mode: max` or `mode: min`")
+        raise SweepError(f"{path}: metric {metric} has no known direction: add `mode: max` or `mode: min`")
+    return mode
 
+
+def load_sweep(path: Path | str, params_path: Path | str = paths.PARAMS) -> Sweep:
+    """Read ``path`` and check it against ``params_path``; every problem is one :class:`SweepError` line.
+
+    Checked: the file's own keys and types, that the space is not empty, that each
+    key is a params.yaml key a trial can change, that each value (each range end)
+    is a valid value of that key, and that the metric is one the evaluate stage logs.
+    """
+    path = Path(path)
+    spec = _read_spec(path)
+    mode = _ranking_mode(path, spec.metric, spec.mode)
     params = load_params(params_path)  # a broken params.yaml is reported as such, with its own line
     if not params.data.val_size:
         raise SweepError(

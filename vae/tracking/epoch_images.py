@@ -12,7 +12,6 @@ training's random numbers, and so its results, unchanged.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import mlflow
@@ -27,6 +26,7 @@ from vae.utils import standard_normal
 SAMPLES, SAMPLES_PER_ROW = 64, 8  # decoded from fixed z ~ N(0, I), as PyTorch's examples/vae shows them
 RECONSTRUCTIONS = 8  # test images: originals (top row) over their reconstructions (bottom row)
 KEYS = ("samples", "reconstructions", "latent_grid")  # the last for latent_dim 2 only
+PICTURED_TAG = "pictures_epoch"  # the run's last epoch with pictures, recorded here, not read from MLflow's file names
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,13 @@ class EpochImages:
         return pictures
 
     def log(self, model: VAE, epoch: int) -> None:
-        """Log the pictures of ``model`` after ``epoch`` to the active run, with the epoch as step."""
+        """Log the pictures of ``model`` after ``epoch`` to the active run, with the epoch as step, then
+        tag the run with the epoch (:data:`PICTURED_TAG`): what a resumed run reads to know what is missing."""
         for key, picture in self.render(model).items():
             mlflow.log_image(picture, key=key, step=epoch)
+        mlflow.set_tag(PICTURED_TAG, str(epoch))
 
 
-def logged_image_steps(client: mlflow.MlflowClient, run_id: str, key: str = KEYS[0]) -> set[int]:
-    """The steps a run holds pictures of under ``key``: what a resumed run must not log again."""
-    found = re.compile(rf"images/{re.escape(key)}\+step\+(\d+)\+.*\.png")
-    steps = set()
-    for artifact in client.list_artifacts(run_id, "images"):
-        matched = found.fullmatch(artifact.path)
-        if matched:
-            steps.add(int(matched.group(1)))
-    return steps
+def pictured_epoch(run: mlflow.entities.Run) -> int:
+    """The last epoch whose pictures ``run`` holds (0: none yet), as :meth:`EpochImages.log` tagged it."""
+    return int(run.data.tags.get(PICTURED_TAG, "0"))
