@@ -440,7 +440,9 @@ def verdict_in_the_browser(runs_page: str) -> tuple[list[str], list[str]]:
         page.keyboard.press("Escape")
         header = page.locator('[role="columnheader"][col-id="metrics.`eval_val_nelbo`"]')
         header.first.wait_for(timeout=30_000)
-        column = page.locator('[role="gridcell"][col-id="metrics.`eval_val_nelbo`"]').all_inner_texts()
+        cells = page.locator('[role="gridcell"][col-id="metrics.`eval_val_nelbo`"]')
+        cells.first.wait_for(timeout=30_000)  # the grid fills its cells after the header appears
+        column = cells.all_inner_texts()
         browser.close()
     return charts, column
 
