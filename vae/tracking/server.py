@@ -86,6 +86,9 @@ def authentication(folder: Path) -> dict[str, str]:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{database}\nadmin_username = {ADMIN}\nadmin_password = {password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow checks the password's scrypt hash on every request (~0.1 s of CPU each) unless a
+        # successful check is cached; a changed password or deleted user then takes up to a minute
+        "auth_cache_ttl_seconds = 60\n"
     )
     descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as f:
