@@ -284,11 +284,16 @@ def train_vae_model(
     }
     for epoch in range(start_epoch, epochs + 1):
         metrics = train_epoch(model, train_loader, optimizer, device, beta_at(epoch), (epoch, epochs), **options)
-        for key, value in metrics.items():
-            history.setdefault(key, []).append(value)
+        record_epoch(history, metrics)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     return history
+
+
+def record_epoch(history: dict[str, list[float]], metrics: dict[str, float]) -> None:
+    """Append one epoch's ``metrics`` to ``history``, the per-epoch values of each metric, by name."""
+    for key, value in metrics.items():
+        history.setdefault(key, []).append(value)
 
 
 def train_epoch(

@@ -40,7 +40,14 @@ from vae.tracking.epoch_images import EpochImages, pictured_epoch
 from vae.tracking.registry import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs, run_name, run_tags, setup_experiment, ui_link, write_run_id
 from vae.tracking.store import check_tracking_store, is_server, lost_server_reported, tracking_uri
-from vae.trainer import configure_performance, make_optimizer, make_scheduler, resolve_precision, train_epoch
+from vae.trainer import (
+    configure_performance,
+    make_optimizer,
+    make_scheduler,
+    record_epoch,
+    resolve_precision,
+    train_epoch,
+)
 from vae.utils import DeviceError, get_device, set_seed
 
 
@@ -116,8 +123,7 @@ class Training:
         batches, beta, of = self.train_batches, self.params.beta_at(epoch), (epoch, self.params.epochs)
         options = {"val_batches": self.val_batches, "precision": self.precision, "scheduler": self.scheduler}
         metrics = train_epoch(self.model, batches, self.optimizer, self.device, beta, of, progress=None, **options)
-        for key, value in metrics.items():
-            self.history.setdefault(key, []).append(value)
+        record_epoch(self.history, metrics)
         return metrics
 
 
