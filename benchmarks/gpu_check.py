@@ -7,8 +7,8 @@ In a temporary copy of this project, with the data of ``FASHION_MNIST_DIR`` (or 
 
 1. ``dvc repro -s STAGE`` for each stage of the default pipeline, timed one by one, and the
    training run's own time (MLflow's start to end of the train stage's run);
-2. train images/s of the train stage's path (``benchmarks/train_throughput.py``), fp32 and bf16,
-   batch 128 and 512;
+2. train images/s of the train stage's path (``benchmarks/train_throughput.py``'s path (b), in this
+   process), fp32 and bf16, batch 128 and 512;
 3. host-device syncs in one training epoch (``torch.cuda.set_sync_debug_mode``; on a CPU, the
    tensors made from host data, which are those copies on a GPU);
 4. logging the decoder and encoder to MLflow, then ``mlflow models serve`` (as the README serves)
@@ -37,6 +37,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python benchmarks/gpu_check.py` from a checkout
+sys.path.insert(0, str(REPO / "benchmarks"))  # and its sibling train_throughput.py
 
 from vae.data import resolve_data_dir  # noqa: E402
 from vae.errors import run_command  # noqa: E402
@@ -87,12 +88,12 @@ def training_run_seconds(root: Path) -> float:
     return (run.info.end_time - run.info.start_time) / 1000
 
 
-def throughput(root: Path, env: dict[str, str], device: str, precision: str, batch: int, small: bool) -> float:
-    steps = ["--steps", "5", "--warmup", "2", "--images", "512"] if small else ["--steps", "200", "--warmup", "50"]
-    command = [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", device, "--json"]
-    command += ["--precision", precision, "--batch-size", str(batch), "--rounds", "1", *steps]
-    out, _ = sh(command, root, env)
-    return float(json.loads(out.strip().splitlines()[-1])["images_per_s"]["project"])
+def throughput(env: dict[str, str], device: str, precision: str, batch: int, small: bool) -> float:
+    """Train images/s of the train stage's path, measured in this process by benchmarks/train_throughput.py."""
+    from train_throughput import project_images_per_s
+
+    steps, warmup, images = (5, 2, 512) if small else (200, 50, 60_000)
+    return project_images_per_s(Path(env["FASHION_MNIST_DIR"]), device, precision, batch, images, steps, warmup)
 
 
 def syncs_in_one_epoch(root: Path, device: torch.device) -> tuple[int, int]:
@@ -219,7 +220,7 @@ def main() -> None:
         rows.append((f"train: {epochs} epochs (MLflow run)", trained, TARGETS["train_s"][0]))
         for precision in ("fp32", "bf16"):
             for batch in (128, 512):
-                speed = throughput(root, env, str(device), precision, batch, small)
+                speed = throughput(env, str(device), precision, batch, small)
                 target = TARGETS["images_per_s_512"][0] if batch == 512 else ""
                 rows.append((f"train images/s, {precision}, batch {batch}", f"{speed:,.0f}", target))
         syncs, steps = syncs_in_one_epoch(root, device)

@@ -160,6 +160,26 @@ def _round(steps: int) -> dict:
     return {"images_per_s": images / (time.perf_counter() - start), "loss": loss, "peak_mb": _peak_memory_mb(device)}
 
 
+def _initial_weights(folder: Path) -> Path:
+    """The weights both paths start from (seed 0), saved in ``folder``."""
+    weights = folder / "init.pt"
+    torch.manual_seed(0)
+    torch.save(VAE(latent_dim=2).state_dict(), weights)
+    return weights
+
+
+def project_images_per_s(
+    source: Path, device: str, precision: str, batch_size: int, images: int, steps: int, warmup: int
+) -> float:
+    """Images/s of path (b) alone, in this process, over one round of ``steps`` after ``warmup``: what
+    ``benchmarks/gpu_check.py`` reports for the train stage (no baseline to compare, so no worker process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = {"device": device, "images": images, "batch_size": batch_size, "warmup": warmup}
+        args |= {"precision": precision, "fast_cpu": True, "weights": str(_initial_weights(Path(tmp)))}
+        _setup("project", args | {"source": str(source)})
+        return _round(steps)["images_per_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (as train.device: a GPU when there is one), cpu or cuda")
@@ -181,9 +201,7 @@ def main() -> None:
     cli.precision = resolve_precision(cli.precision, torch.device(cli.device))
     results: dict[str, list[dict]] = {"usual": [], "project": []}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "init.pt"
-        torch.manual_seed(0)
-        torch.save(VAE(latent_dim=2).state_dict(), weights)
+        weights = _initial_weights(Path(tmp))
         args = {
             "device": cli.device,
             "images": cli.images,
