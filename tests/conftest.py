@@ -10,6 +10,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,27 @@ def pytest_configure(config: pytest.Config) -> None:
     value = os.environ.get(ENV_VAR)
     if value and not Path(value).expanduser().is_absolute():
         os.environ[ENV_VAR] = str((REPO / Path(value).expanduser()).resolve())
+
+
+# test files whose tests run on the worker of another file, sharing its session fixtures: the registry's
+# tests use the pipeline's reproduced project (`pipeline_states`) instead of reproducing one of their own
+SHARED_WORKER = {"tests/test_registry.py": "tests/test_pipeline.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` (every file's tests on one worker, so its module fixtures are made once), with
+    the files of :data:`SHARED_WORKER` on one worker together. (xdist's ``loadgroup`` would say this with
+    marks, but with pytest 9 it no longer groups: it renames ``item._nodeid``, which pytest 9 ignores.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_WORKER.get(scope, scope)
+
+    return SharedFileScheduling(config, log)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -165,6 +187,36 @@ def not_mlflow() -> Iterator[str]:
         httpd.shutdown()
 
 
+@dataclass(frozen=True)
+class PipelineStates:
+    """A tiny clone of this repository, as ``main`` beside ``shared``, at its saved states: after `dvc repro`
+    (``baseline``), then with those results committed and a β=100 experiment run in the workspace
+    (``two_trainings``, and that experiment's output). Each test restores the state it starts from, so
+    none depends on what another did or on their order."""
+
+    root: Path
+    env: dict[str, str]
+    baseline: Path
+    two_trainings: Path
+    beta_100_output: str
+
+
+@pytest.fixture(scope="session")
+def pipeline_states(tmp_path_factory: pytest.TempPathFactory) -> PipelineStates:
+    """Made once per session for the files of one worker (test_pipeline.py, test_registry.py)."""
+    from project import new_project, readme_layout, run, save_state
+
+    home = tmp_path_factory.mktemp("pipeline")
+    env = readme_layout(home)
+    root = new_project(home / "main", env)
+    run(["dvc", "repro"], root, env)
+    baseline = save_state(root, home / "baseline")
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "baseline results"], root, env)
+    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], root, env)
+    return PipelineStates(root, env, baseline, save_state(root, home / "two-trainings"), out)
+
+
 @pytest.fixture(scope="module")
 def clone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder a module's clones of this project sit in, with the data where the README's relative path finds it."""
@@ -178,3 +230,4 @@ def env(clone_home: Path) -> dict[str, str]:
     from project import readme_layout
 
     return readme_layout(clone_home)
+

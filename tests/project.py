@@ -248,6 +248,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder)]
+        command += ["--workers", "1"]  # MLflow's default four each import the server: 15 s of CPU for one test
         self.log = folder / "server.log"
         # without MLflow's job runner (four more processes), as vae.tracking.server runs it
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -10,13 +10,13 @@ import os
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from project import IMAGES, by_stage, children, free_port, new_project, restore_state, run, run_queue, save_state
+from conftest import PipelineStates
+from project import IMAGES, by_stage, children, free_port, restore_state, run, run_queue, save_state
 from project import mlflow_runs as runs_in
 
 pytestmark = pytest.mark.slow
@@ -42,51 +42,40 @@ OUTPUTS = [
 ]
 
 
-@dataclass(frozen=True)
-class Saved:
-    """A tiny clone of this repository, as ``main`` beside ``shared``, at its saved states: after `dvc repro`
-    (``baseline``), then with those results committed and a β=100 experiment run in the workspace
-    (``two_trainings``, and that experiment's output). Each test restores the state it starts from, so
-    none depends on what another did or on their order."""
-
-    root: Path
-    baseline: Path
-    two_trainings: Path
-    beta_100_output: str
+@pytest.fixture(scope="module")
+def saved(pipeline_states: PipelineStates) -> PipelineStates:
+    """The project after `dvc repro`, and with a β=100 experiment: made once per session (conftest), shared
+    with test_registry.py, whose tests run on the same worker."""
+    return pipeline_states
 
 
 @pytest.fixture(scope="module")
-def saved(clone_home: Path, env: dict[str, str]) -> Saved:
-    root = new_project(clone_home / "main", env)
-    run(["dvc", "repro"], root, env)
-    baseline = save_state(root, clone_home / "baseline")
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "baseline results"], root, env)
-    out = run(["dvc", "exp", "run", "--set-param", "beta=100"], root, env)
-    return Saved(root, baseline, save_state(root, clone_home / "two-trainings"), out)
+def env(pipeline_states: PipelineStates) -> dict[str, str]:
+    """The README's environment the project was made with."""
+    return pipeline_states.env
 
 
 @pytest.fixture
-def reproduced(saved: Saved) -> Path:
+def reproduced(saved: PipelineStates) -> Path:
     """The project right after `dvc repro`."""
     return restore_state(saved.baseline, saved.root)
 
 
 @pytest.fixture
-def project(saved: Saved) -> Path:
+def project(saved: PipelineStates) -> Path:
     """The project with two trainings: the committed β=500 baseline and the β=100 experiment in the workspace."""
     return restore_state(saved.two_trainings, saved.root)
 
 
 @pytest.fixture(scope="module")
-def three_trainings(saved: Saved, clone_home: Path, env: dict[str, str]) -> tuple[Path, str]:
+def three_trainings(saved: PipelineStates, env: dict[str, str]) -> tuple[Path, str]:
     """The two trainings and a queued experiment (β=50 on 150 images) run by `dvc queue start`: the saved
     state and the queue's status."""
     root = restore_state(saved.two_trainings, saved.root)
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.train_limit=150"], root, env)
     status = run_queue(root, env, jobs=1)
     stop_queue_workers(root, env)
-    return save_state(root, clone_home / "three-trainings"), status
+    return save_state(root, root.parent / "three-trainings"), status
 
 
 def stop_queue_workers(root: Path, env: dict[str, str], timeout: float = 60) -> None:
@@ -190,7 +179,7 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-def test_experiment_with_another_beta(saved: Saved, project: Path, env: dict[str, str]) -> None:
+def test_experiment_with_another_beta(saved: PipelineStates, project: Path, env: dict[str, str]) -> None:
     out = saved.beta_100_output  # `dvc exp run --set-param beta=100` after the baseline's results were committed
     assert "Stage 'prepare' didn't change, skipping" in out
     assert all(f"Running stage '{stage}'" in out for stage in ("train", "evaluate", "generate"))
@@ -447,7 +436,7 @@ def verdict_in_the_browser(runs_page: str) -> tuple[list[str], list[str]]:
     return charts, column
 
 
-def test_queued_experiment_lands_in_the_project_store(saved: Saved, three_trainings: tuple[Path, str]) -> None:
+def test_queued_experiment_lands_in_the_project_store(saved: PipelineStates, three_trainings: tuple[Path, str]) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
     state, status = three_trainings
@@ -463,7 +452,7 @@ def test_queued_experiment_lands_in_the_project_store(saved: Saved, three_traini
 
 
 def test_the_comparison_page_holds_every_training_and_marks_the_best(
-    saved: Saved, three_trainings: tuple[Path, str], env: dict[str, str]
+    saved: PipelineStates, three_trainings: tuple[Path, str], env: dict[str, str]
 ) -> None:
     """`python -m vae.compare` on two DVC experiments (by name) and the baseline (by run id): one page
     with each training's verdict, the best of each column marked, its pictures inline, nothing fetched."""

@@ -1,8 +1,9 @@
 """The model registry and serving: versions registered by the pipeline, promotion, loading and serving by alias.
 
-Two training runs (β=500 from `dvc repro`, β=1 from `dvc exp run`) in a tiny
-copy of the repository with the default SQLite store; the served models run in
-real `mlflow models serve` processes on free loopback ports.
+Two training runs (β=500 from `dvc repro`, committed, and β=100 from `dvc exp run`) in a tiny copy of the
+repository with the default SQLite store: test_pipeline.py's project (``pipeline_states``), made once for
+both files, which run on one worker. The served models run in real `mlflow models serve` processes on free
+loopback ports.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_fashion_mnist
-from project import by_stage, clean_env, free_port, mlflow_runs, new_project, run
+from conftest import PipelineStates
+from project import by_stage, free_port, mlflow_runs, restore_state, run
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +31,10 @@ NAME, ENCODER = "fashion-mnist-vae", "fashion-mnist-vae-encoder"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    env = clean_env(write_fashion_mnist(tmp_path_factory.mktemp("idx"), 300, 200))
-    root = new_project(tmp_path_factory.mktemp("registry"), env)
-    run(["dvc", "repro"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "results"], root, env)
-    run(["dvc", "exp", "run", "-S", "beta=1"], root, env)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"  # for the processes below
-    return root, env
+def project(pipeline_states: PipelineStates) -> tuple[Path, dict[str, str]]:
+    """The pipeline's two trainings, restored once for this file: its tests promote, tag and serve them."""
+    root = restore_state(pipeline_states.two_trainings, pipeline_states.root)
+    return root, pipeline_states.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
 
 
 def client(root: Path):
