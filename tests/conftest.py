@@ -230,4 +230,3 @@ def env(clone_home: Path) -> dict[str, str]:
     from project import readme_layout
 
     return readme_layout(clone_home)
-
