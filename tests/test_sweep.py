@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from project import (
@@ -264,14 +265,18 @@ def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server
     reader = threading.Thread(target=lambda: output.extend(sweep.stdout), daemon=True)
     reader.start()
     deadline = time.monotonic() + 300
-    while True:  # until a trial on the worker node has finished an epoch (and saved its checkpoint)
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+    # until a trial on the worker node has logged its second epoch: a trial logs an epoch before reporting it
+    # with its checkpoint, so only then has the first epoch's checkpoint surely reached Tune's driver
+    while True:
         assert sweep.poll() is None, "".join(output)[-3000:]
         assert time.monotonic() < deadline, "no trial ran on the worker node"
         parent = re.search(r"MLflow parent run (\w+)", "".join(output))
         on_worker = [
             r
             for r in (trial_runs(server.uri, parent.group(1)) if parent else [])
-            if r.data.tags.get("ray_node_id") == worker.node_id and "loss" in r.data.metrics
+            if r.data.tags.get("ray_node_id") == worker.node_id
+            and max((m.step for m in client.get_metric_history(r.info.run_id, "loss")), default=0) >= 2
         ]
         if on_worker:
             break
@@ -287,7 +292,7 @@ def test_a_lost_node_s_trial_resumes_elsewhere_and_finishes_once(project, server
     moved = [r for r in trials if r.info.run_id == on_worker[0].info.run_id][0]
     assert moved.data.tags["ray_node_id"] != worker.node_id  # it finished on the head
     assert "resumed_after_epoch" in moved.data.tags
-    steps = sorted(m.step for m in mlflow_runs(server.uri)[1].get_metric_history(moved.info.run_id, "loss"))
+    steps = sorted(m.step for m in client.get_metric_history(moved.info.run_id, "loss"))
     assert steps == list(range(1, 6))  # each epoch once, though two nodes ran it
 
 
