@@ -43,35 +43,28 @@ OUTPUTS = [
 
 
 @pytest.fixture(scope="module")
-def saved(pipeline_states: PipelineStates) -> PipelineStates:
-    """The project after `dvc repro`, and with a β=100 experiment: made once per session (conftest), shared
-    with test_registry.py, whose tests run on the same worker."""
-    return pipeline_states
-
-
-@pytest.fixture(scope="module")
 def env(pipeline_states: PipelineStates) -> dict[str, str]:
     """The README's environment the project was made with."""
     return pipeline_states.env
 
 
 @pytest.fixture
-def reproduced(saved: PipelineStates) -> Path:
+def reproduced(pipeline_states: PipelineStates) -> Path:
     """The project right after `dvc repro`."""
-    return restore_state(saved.baseline, saved.root)
+    return restore_state(pipeline_states.baseline, pipeline_states.root)
 
 
 @pytest.fixture
-def project(saved: PipelineStates) -> Path:
+def project(pipeline_states: PipelineStates) -> Path:
     """The project with two trainings: the committed β=500 baseline and the β=100 experiment in the workspace."""
-    return restore_state(saved.two_trainings, saved.root)
+    return restore_state(pipeline_states.two_trainings, pipeline_states.root)
 
 
 @pytest.fixture(scope="module")
-def three_trainings(saved: PipelineStates, env: dict[str, str]) -> tuple[Path, str]:
+def three_trainings(pipeline_states: PipelineStates, env: dict[str, str]) -> tuple[Path, str]:
     """The two trainings and a queued experiment (β=50 on 150 images) run by `dvc queue start`: the saved
     state and the queue's status."""
-    root = restore_state(saved.two_trainings, saved.root)
+    root = restore_state(pipeline_states.two_trainings, pipeline_states.root)
     run(["dvc", "exp", "run", "--queue", "--set-param", "beta=50", "--set-param", "data.train_limit=150"], root, env)
     status = run_queue(root, env, jobs=1)
     stop_queue_workers(root, env)
@@ -179,8 +172,9 @@ def test_reruns_only_what_a_param_change_affects(project: Path, env: dict[str, s
     assert stages_to_rerun(project, env, **{"mlflow.log_images_every": 0}) == set()
 
 
-def test_experiment_with_another_beta(saved: PipelineStates, project: Path, env: dict[str, str]) -> None:
-    out = saved.beta_100_output  # `dvc exp run --set-param beta=100` after the baseline's results were committed
+def test_experiment_with_another_beta(pipeline_states: PipelineStates, project: Path, env: dict[str, str]) -> None:
+    # `dvc exp run --set-param beta=100` after the baseline's results were committed
+    out = pipeline_states.beta_100_output
     assert "Stage 'prepare' didn't change, skipping" in out
     assert all(f"Running stage '{stage}'" in out for stage in ("train", "evaluate", "generate"))
     table = json.loads(run(["dvc", "exp", "show", "--json"], project, env))
@@ -436,11 +430,13 @@ def verdict_in_the_browser(runs_page: str) -> tuple[list[str], list[str]]:
     return charts, column
 
 
-def test_queued_experiment_lands_in_the_project_store(saved: PipelineStates, three_trainings: tuple[Path, str]) -> None:
+def test_queued_experiment_lands_in_the_project_store(
+    pipeline_states: PipelineStates, three_trainings: tuple[Path, str]
+) -> None:
     """A data change reruns prepare in DVC's temporary copy (.dvc/tmp/exps/…), where the README's relative
     FASHION_MNIST_DIR still names the project's data: it is relative to the project root (DVC_ROOT)."""
     state, status = three_trainings
-    project = restore_state(state, saved.root)
+    project = restore_state(state, pipeline_states.root)
     assert status.count("Success") == 1, status
     runs, _ = mlflow_runs(project)
     queued = [r for r in by_stage(runs, "train") if r.data.params.get("beta") == "50.0"]
@@ -452,14 +448,14 @@ def test_queued_experiment_lands_in_the_project_store(saved: PipelineStates, thr
 
 
 def test_the_comparison_page_holds_every_training_and_marks_the_best(
-    saved: PipelineStates, three_trainings: tuple[Path, str], env: dict[str, str]
+    pipeline_states: PipelineStates, three_trainings: tuple[Path, str], env: dict[str, str]
 ) -> None:
     """`python -m vae.compare` on two DVC experiments (by name) and the baseline (by run id): one page
     with each training's verdict, the best of each column marked, its pictures inline, nothing fetched."""
     import re
     from html.parser import HTMLParser
 
-    project = restore_state(three_trainings[0], saved.root)
+    project = restore_state(three_trainings[0], pipeline_states.root)
     runs, client = mlflow_runs(project)
     training = {r.data.params["beta"]: r for r in by_stage(runs, "train")}
     names = [training["100.0"].data.tags["dvc_exp_name"], training["50.0"].data.tags["dvc_exp_name"]]
