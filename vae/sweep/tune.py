@@ -95,7 +95,9 @@ class TrialOutcome:
 
 def _collect(sweep: Sweep, results: Any, setup: TrialSetup, client: mlflow.MlflowClient) -> list[TrialOutcome]:
     """Every trial's outcome from Tune's ``ResultGrid``, and its MLflow run made to say it (one run per
-    trial, none left RUNNING). A result's metrics are the trial's last report, with its ``trial_id``."""
+    trial, none left RUNNING). A result's metrics are the trial's last report, with its ``trial_id``.
+    Not ``ResultGrid.get_dataframe()``: it leaves out a trial that never reported (one failing in its
+    first epoch), which the table must show; and not ``get_best_result()``: it ranks failed trials too."""
     outcomes = []
     for trial in results:
         overrides = {key: trial.config[key] for key in sweep.keys}
