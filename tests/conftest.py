@@ -7,6 +7,7 @@ import http.server
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -116,6 +117,28 @@ def _ctrl_c_reaches_python() -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_globals_stay_in_their_test() -> Iterator[None]:
+    """The stages point MLflow at their store and experiment in process globals (and in the environment,
+    for MLflow's own threads), which outlive a test that runs them in-process: a later test on the same
+    worker would log to that store, whatever its own MLFLOW_TRACKING_URI says. Reset after each test."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.tracking.fluent._active_experiment_id = None  # set by mlflow.set_experiment; no public reset
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def shared_temp_dir(prefix: str) -> Path:
