@@ -6,7 +6,6 @@ Uses the real data when FASHION_MNIST_DIR is set, else tiny IDX files written he
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -282,16 +281,11 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     [evaluate_100] = children(runs, training["100.0"], "evaluate")
     assert (project / "outputs/train_run_id.txt").read_text().strip() == training["100.0"].info.run_id
     assert (project / "outputs/evaluate_run_id.txt").read_text().strip() == evaluate_100.info.run_id
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # runs:/ URIs resolve through it
-    try:
-        # named whose it is: the DVC experiment's name, the part and the key params
-        exp = training["100.0"].data.tags["dvc_exp_name"]
-        model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/{exp}-decoder-beta100-latent2")
-    finally:
-        mlflow.set_tracking_uri(previous_env)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # runs:/ URIs resolve through it (conftest resets MLflow's tracking URI after each test)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    # named whose it is: the DVC experiment's name, the part and the key params
+    exp = training["100.0"].data.tags["dvc_exp_name"]
+    model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/{exp}-decoder-beta100-latent2")
     with torch.inference_mode():
         images = model(torch.randn(5, 2))
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
