@@ -278,6 +278,7 @@ def _tune(sweep: Sweep, setup: TrialSetup, folder: Path, restore: bool) -> Any:
             search_alg=_search_algorithm(sweep),
             scheduler=_scheduler(sweep),
             max_concurrent_trials=sweep.spec.max_concurrent,
+            reuse_actors=True,  # a trial after another on the same worker process: torch and vae already imported
         ),
         run_config=tune.RunConfig(
             name=folder.name,
