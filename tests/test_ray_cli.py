@@ -48,7 +48,8 @@ ray start --head --port {ray_port} --num-cpus 1 --include-dashboard=false --disa
 # on every other machine, with the head's token in ~/.ray/auth_token and RAY_AUTH_MODE=token:
 ray start --address 127.0.0.1:{ray_port} --num-cpus 1 --disable-usage-stats > worker.log 2>&1
 
-python -m mlflow server --host 127.0.0.1 --port {mlflow_port} \
+# the tracking server the sweep logs to, lean as tests/project.py's MlflowServer: one worker, no job runner
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false python -m mlflow server --host 127.0.0.1 --port {mlflow_port} --workers 1 \
     --backend-store-uri "sqlite:///$PWD/server/mlflow.db" --artifacts-destination "$PWD/server" > mlflow.log 2>&1 &
 for _ in $(seq 120); do
     python -c "import urllib.request; urllib.request.urlopen('$MLFLOW_TRACKING_URI/health')" 2>/dev/null && break
