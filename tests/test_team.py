@@ -328,10 +328,18 @@ def test_the_tracking_server_starts_no_job_runner(server: TrackingServer) -> Non
     assert [p.cmdline() for p in processes if "huey" in " ".join(p.cmdline())] == []
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
+    """A project after `dvc repro prepare`, for the cases below to copy: none of them changes it."""
+    root = new_project(tmp_path_factory.mktemp("prepared") / "project", env)
+    run(["dvc", "repro", "prepare"], root, env)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["wrong password", "unreachable database", "not an MLflow server"])
 def test_a_bad_tracking_store_stops_train_before_any_work(
-    store: str, request: pytest.FixtureRequest, env: dict[str, str], tmp_path: Path
+    store: str, request: pytest.FixtureRequest, env: dict[str, str], prepared: Path, tmp_path: Path
 ) -> None:
     if store == "not an MLflow server":
         uri = request.getfixturevalue("not_mlflow")
@@ -344,8 +352,7 @@ def test_a_bad_tracking_store_stops_train_before_any_work(
         uri = f"postgresql://mlflow:secret@127.0.0.1:{free_port()}/mlflow"
         expected = "Connection refused"
     env = env | {"MLFLOW_TRACKING_URI": uri}
-    root = new_project(tmp_path / "project", env)
-    run(["dvc", "repro", "prepare"], root, env)
+    root = shutil.copytree(prepared, tmp_path / "project", symlinks=True)
     result = subprocess.run(
         [sys.executable, "stages/train.py"], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
