@@ -50,7 +50,7 @@ from vae.data import SPLIT_FILES, read_split, resolve_data_dir
 from vae.errors import run_command
 from vae.loss import vae_loss_function
 from vae.model import VAE
-from vae.trainer import resolve_precision
+from vae.trainer import native_bf16_cpu, resolve_precision
 from vae.utils import get_device
 
 _state: dict = {}  # the worker process's model, optimizer and batches between rounds
@@ -255,11 +255,9 @@ def _cpu_name() -> str:
 
 
 def _cpu_features() -> str:
-    """What PyTorch's CPU kernels can use here: the vector ISA, and native bf16 (AVX512-BF16, AMX)."""
-    probes = {"AVX512-BF16": "_is_avx512_bf16_supported", "AMX": "_is_amx_tile_supported"}
-    native = [name for name, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{capability}, native bf16: {', '.join(native) if native else 'no (emulated, slower)'}"
+    """What PyTorch's CPU kernels can use here: the vector ISA, and whether bf16 is native (AVX512-BF16, AMX)."""
+    native = "yes" if native_bf16_cpu() else "no (emulated, slower)"
+    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native}"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """vae.fast_cpu computes what torch.nn's convolutions compute, only faster on the CPU."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,6 +100,16 @@ def test_resolve_precision() -> None:
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'half'"):
         resolve_precision("half", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("cap", ["ATEN_CPU_CAPABILITY=avx2", "ONEDNN_MAX_CPU_ISA=AVX2"])
+def test_auto_is_fp32_when_pytorch_is_capped_below_native_bf16(cap: str) -> None:
+    """As on a CPU without AVX-512, whatever this one has: either cap leaves bf16 emulated (slower)."""
+    name, value = cap.split("=")
+    code = "import torch, vae.trainer as t; print(t.resolve_precision('auto', torch.device('cpu')))"
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    result = subprocess.run([sys.executable, "-c", code], env=env | {name: value}, capture_output=True, text=True)
+    assert result.stdout.strip() == "fp32", result.stderr
 
 
 def test_frozen_weights_get_no_gradient_and_inputs_still_do() -> None:
