@@ -31,6 +31,17 @@ def test_prepared_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]  # no temporary file left behind
 
 
+def test_a_prepared_slice_is_saved_alone_not_with_the_images_it_was_cut_from(tmp_path: Path) -> None:
+    """data.train_limit keeps the first N images: a slice of all of them. torch.save writes a view's whole
+    storage, so train.pt held every image (61.8 MB for train_limit: 300) and DVC cached, pushed and pulled them."""
+    everything = split(1000)
+    first = FashionMNISTSplit(everything.images[:10], everything.labels[:10])
+    save_prepared(first, tmp_path / "train.pt")
+    assert (tmp_path / "train.pt").stat().st_size < 10 * 32 * 32 + 10 * 8 + 4096  # the 10 images and labels
+    loaded = load_prepared(tmp_path / "train.pt")
+    assert torch.equal(loaded.images, first.images) and torch.equal(loaded.labels, first.labels)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -105,7 +105,9 @@ def save_prepared(split: FashionMNISTSplit, path: Path | str) -> None:
     """Save uint8 images (N, 1, 32, 32) and int64 labels (N,) as one tensor file."""
     if split.images.dtype != torch.uint8:
         raise TypeError(f"prepared images must be uint8, got {split.images.dtype}")
-    atomic_torch_save({"images": split.images.contiguous(), "labels": split.labels.contiguous()}, path)
+    # copies: torch.save writes a view's whole storage, so data.train_limit's slice would save every image
+    images, labels = (t.clone(memory_format=torch.contiguous_format) for t in (split.images, split.labels))
+    atomic_torch_save({"images": images, "labels": labels}, path)
 
 
 def load_prepared(path: Path | str) -> FashionMNISTSplit:
