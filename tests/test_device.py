@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from project import empty_mlflow_store
 
 from vae import utils
 from vae.utils import DeviceError, free_gpu_memory, get_device
@@ -207,7 +208,7 @@ def test_the_logged_models_are_cpu_copies_and_the_trained_model_stays_put(tmp_pa
         handed.append(module)
         return Info()
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # nothing may land elsewhere
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path))  # nothing may land elsewhere
     monkeypatch.setattr(mlflow.pytorch, "log_model", log_model)
     monkeypatch.setattr(mlflow, "log_artifact", lambda *args, **kwargs: None)
     model = VAE(latent_dim=2).train()
@@ -229,7 +230,7 @@ def test_the_logged_models_say_whose_they_are_and_evaluate_finds_the_decoder(tmp
     from vae.model import VAE
     from vae.tracking import registry
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "half-beta")  # as `dvc exp run -n half-beta` sets it
     (tmp_path / "checkpoint.pth").write_bytes(b"")
     with mlflow.start_run() as run:
@@ -253,7 +254,7 @@ def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_pa
     from vae.model import VAE
     from vae.tracking import registry
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoint.pth").write_bytes(b"")
     with mlflow.start_run() as run:

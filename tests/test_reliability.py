@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_fashion_mnist
+from project import empty_mlflow_store
 
 from vae.data import read_split
 from vae.pipeline.resume import STATE_FILE
@@ -39,6 +40,7 @@ def make_project(root: Path, source: Path, **train: object) -> Path:
     held_out = read_split(source, "test")  # the train stage validates on val.pt; which images, no matter here
     save_prepared(held_out, root / "data/prepared/val.pt")
     save_prepared(held_out, root / "data/prepared/test.pt")
+    empty_mlflow_store(root)  # where the stage's default store is: sqlite:///mlflow.db
     return root
 
 
