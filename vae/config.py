@@ -4,12 +4,14 @@ Every key is declared once below, with its type and allowed range. pydantic
 checks the file (strict types, ``extra="forbid"`` so that a typo is an unknown
 key); anything wrong raises :class:`ParamsError` with one line naming the key,
 the value and what is allowed, e.g. ``params.yaml: epochs = 0 is out of range:
-it must be >= 1``. Reading the params needs neither torch nor MLflow.
+it must be >= 1``. Reading the params needs neither torch nor MLflow, and neither does
+:func:`project_root`, which the tracking server uses too.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -22,6 +24,19 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from vae.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
+
+
+def project_root() -> Path:
+    """The folder the project's relative paths are read against: ``DVC_ROOT`` when DVC runs the
+    command, else the working directory.
+
+    DVC runs a queued or ``--temp`` experiment in a temporary copy of the repository
+    (``.dvc/tmp/exps/…``) and points ``DVC_ROOT`` at the original one, so a path set
+    relative to the project (``FASHION_MNIST_DIR=../shared/data/fashion-mnist``, the
+    MLflow store) means the same folder in every stage, wherever DVC runs it.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
 
 # train.precision: "auto" (bf16 autocast on CPUs that compute bf16 natively, else fp32), "fp32" or "bf16"
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -4,7 +4,7 @@ Where the files come from, in order:
 
 1. the ``directory`` argument;
 2. the ``FASHION_MNIST_DIR`` environment variable. A relative value is relative
-   to the project root (:func:`vae.utils.project_root`: the folder DVC runs the
+   to the project root (:func:`vae.config.project_root`: the folder DVC runs the
    pipeline from, else the working directory), so the README's
    ``export FASHION_MNIST_DIR=../shared/data/fashion-mnist``, set in the
    project root, names the same folder in queued experiments, which DVC runs
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from vae.config import project_root
 from vae.errors import UserError
-from vae.utils import project_root
 
 ENV_VAR = "FASHION_MNIST_DIR"
 DEFAULT_DIR = Path("data") / "fashion-mnist"

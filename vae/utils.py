@@ -1,8 +1,7 @@
-"""The project root, device selection, seeding, batches as float images, and eval mode for a while."""
+"""Device selection, seeding, batches as float images, and eval mode for a while."""
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import tempfile
@@ -15,18 +14,6 @@ import torch
 from filelock import FileLock, Timeout
 
 from vae.errors import UserError
-
-
-def project_root() -> Path:
-    """The folder the project's relative paths are read against: ``DVC_ROOT`` when DVC runs the
-    command, else the working directory.
-
-    DVC runs a queued or ``--temp`` experiment in a temporary copy of the repository
-    (``.dvc/tmp/exps/…``) and points ``DVC_ROOT`` at the original one, so a path set
-    relative to the project (``FASHION_MNIST_DIR=../shared/data/fashion-mnist``, the
-    MLflow store) means the same folder in every stage, wherever DVC runs it.
-    """
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 class DeviceError(UserError, ValueError):

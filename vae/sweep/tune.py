@@ -23,6 +23,7 @@ import yaml
 
 from vae.classifier import FashionClassifier, load_classifier
 from vae.compare.page import write_page
+from vae.config import project_root
 from vae.data import FashionMNISTSplit
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params
@@ -34,7 +35,6 @@ from vae.sweep.trial import FAILURE_TAG, TRIAL_TAG, TrialSetup, run_trial, trial
 from vae.tracking.registry import best_first
 from vae.tracking.runs import GIT_COMMIT_TAG, setup_experiment, ui_link
 from vae.tracking.store import check_tracking_store, lost_server_reported
-from vae.utils import project_root
 
 
 def _search_space(sweep: Sweep) -> dict[str, Any]:

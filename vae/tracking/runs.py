@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vae.config import project_root
 from vae.storage import atomic_write
 from vae.tracking.store import (
     ARTIFACTS_DIR,
@@ -27,7 +28,6 @@ from vae.tracking.store import (
     lost_server_reported,
     tracking_uri,
 )
-from vae.utils import project_root
 
 if TYPE_CHECKING:
     import mlflow

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vae.config import project_root
 from vae.errors import UserError
-from vae.utils import project_root
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlruns"
