@@ -204,7 +204,7 @@ def empty_mlflow_store(folder: Path) -> str:
     """``folder/mlflow.db``, an empty MLflow store as MLflow makes it on first use, and its URI.
 
     A copy of one made once: MLflow builds a new SQLite store by running each of its schema migrations,
-    about 0.8 s of CPU, which the suite's tests that only need a store of their own paid ~25 times.
+    0.8-1.5 s of CPU, which the suite paid 39 times, about 20 of them in tests that only need a store.
     Tests of what happens where no store exists yet start without it."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_empty_store_file(), folder / "mlflow.db")
