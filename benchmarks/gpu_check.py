@@ -139,7 +139,8 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
     import mlflow
 
     from vae.storage import load_model
-    from vae.tracking.registry import DECODER, log_models, logged_model_name
+    from vae.tracking.logged_models import log_models, logged_model_name
+    from vae.tracking.registry import DECODER
 
     model, _ = load_model(root / "models" / "vae_fashion_mnist.pth", get_device("auto"))
     mlflow.set_tracking_uri(f"sqlite:///{root / 'check.db'}")

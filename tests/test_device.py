@@ -197,7 +197,7 @@ def test_the_logged_models_are_cpu_copies_and_the_trained_model_stays_put(tmp_pa
     import mlflow.pytorch
 
     from vae.model import VAE
-    from vae.tracking import registry
+    from vae.tracking import logged_models
 
     handed: list[torch.nn.Module] = []
 
@@ -213,7 +213,7 @@ def test_the_logged_models_are_cpu_copies_and_the_trained_model_stays_put(tmp_pa
     monkeypatch.setattr(mlflow, "log_artifact", lambda *args, **kwargs: None)
     model = VAE(latent_dim=2).train()
     before = {name: p for name, p in model.named_parameters()}
-    registry.log_models(model, tmp_path / "checkpoint.pth", None, {})
+    logged_models.log_models(model, tmp_path / "checkpoint.pth", None, {})
 
     decoder, encoder = handed
     assert decoder is not model.decoder and encoder.encoder is not model.encoder  # copies, not the training modules
@@ -228,13 +228,13 @@ def test_the_logged_models_say_whose_they_are_and_evaluate_finds_the_decoder(tmp
     import mlflow
 
     from vae.model import VAE
-    from vae.tracking import registry
+    from vae.tracking import logged_models, registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "half-beta")  # as `dvc exp run -n half-beta` sets it
     (tmp_path / "checkpoint.pth").write_bytes(b"")
     with mlflow.start_run() as run:
-        registry.log_models(VAE(latent_dim=3), tmp_path / "checkpoint.pth", None, {}, beta=0.5)
+        logged_models.log_models(VAE(latent_dim=3), tmp_path / "checkpoint.pth", None, {}, beta=0.5)
     client = mlflow.MlflowClient()
     models = client.search_logged_models([run.info.experiment_id])
     parts = {m.name: m.tags.get(registry.PART_TAG) for m in models}
@@ -252,14 +252,14 @@ def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_pa
     import numpy as np
 
     from vae.model import VAE
-    from vae.tracking import registry
+    from vae.tracking import logged_models, registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoint.pth").write_bytes(b"")
     with mlflow.start_run() as run:
-        registry.log_models(VAE(latent_dim=2), tmp_path / "checkpoint.pth", None, {})
-    uri = f"runs:/{run.info.run_id}/{registry.logged_model_name(registry.DECODER, None, 2)}"
+        logged_models.log_models(VAE(latent_dim=2), tmp_path / "checkpoint.pth", None, {})
+    uri = f"runs:/{run.info.run_id}/{logged_models.logged_model_name(registry.DECODER, None, 2)}"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
     monkeypatch.delenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", raising=False)
     with pytest.raises(Exception, match="can't be loaded on 'cuda' device"):

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 from conftest import PipelineStates
-from project import by_stage, free_port, mlflow_runs, restore_state, run
+from project import by_stage, free_port, mlflow_runs, packages_loaded_by_import, restore_state, run
 
 pytestmark = pytest.mark.slow
 
@@ -288,3 +288,8 @@ def test_a_refit_is_listed_as_having_no_validation_and_never_wins() -> None:
     assert ranked[0] is chosen
     table = format_promotion(Promotion(NAME, "eval_val_nelbo", ranked, chosen, None)).splitlines()
     assert table[3].rstrip().endswith("no validation") and table[4].rstrip().endswith("not evaluated")
+
+
+def test_the_promote_command_starts_without_torch() -> None:
+    """Promotion reads the registry: the model logging that needs torch lives in vae.tracking.logged_models."""
+    assert packages_loaded_by_import("vae.tracking.promote", {"torch"}) == []

@@ -37,7 +37,7 @@ from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
 from vae.tracking.datasets import log_dataset
 from vae.tracking.epoch_images import EpochImages, pictured_epoch
-from vae.tracking.registry import log_models
+from vae.tracking.logged_models import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs, run_name, run_tags, setup_experiment, ui_link, write_run_id
 from vae.tracking.store import check_tracking_store, is_server, lost_server_reported, tracking_uri
 from vae.trainer import (

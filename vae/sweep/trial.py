@@ -33,7 +33,7 @@ from vae.pipeline.train import start_training
 from vae.storage import load_model, save_model
 from vae.sweep.spec import EPOCH_METRIC, Sweep
 from vae.tracking.epoch_images import EpochImages
-from vae.tracking.registry import log_models
+from vae.tracking.logged_models import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs
 from vae.utils import get_device
 
