@@ -355,7 +355,9 @@ class TrackingServer:
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.port, self.pg_port = data_dir, free_port(), free_port()
-        self.env = os.environ | (env or {})  # the server's own settings (S3's credentials), not the clients'
+        # the server's own settings (S3's credentials), not the clients'; one uvicorn worker, not MLflow's
+        # default four, which each import the server (~4 s of CPU apiece) for the few clients a test has
+        self.env = os.environ | {"MLFLOW_WORKERS": "1"} | (env or {})
         self.command = [
             sys.executable,
             "-m",

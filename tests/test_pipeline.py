@@ -351,11 +351,12 @@ def test_run_cache_restored_training_then_new_generate_params(project: Path, env
 
 def test_mlflow_ui_serves_the_runs_over_rest(project: Path, env: dict[str, str]) -> None:
     port = free_port()
-    # exactly the README's command, from the project root, bound to loopback on a free port
+    # exactly the README's command, from the project root, bound to loopback on a free port; one uvicorn
+    # worker (MLflow's MLFLOW_WORKERS), not four that each import the server, for this one client
     server = subprocess.Popen(
         ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
         cwd=project,
-        env=env,
+        env=env | {"MLFLOW_WORKERS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
