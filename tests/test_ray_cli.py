@@ -41,20 +41,22 @@ stop_everything() {{  # every process of this namespace but this shell, by proce
 }}
 trap stop_everything EXIT
 
-# docs/sweeps.md, on the head: a token, readable by its owner only, then the head node
-ray get-auth-token --generate > /dev/null
-chmod 600 "$HOME/.ray/auth_token"
-ray start --head --port {ray_port} --num-cpus 1 --include-dashboard=false --disable-usage-stats > head.log 2>&1
-# on every other machine, with the head's token in ~/.ray/auth_token and RAY_AUTH_MODE=token:
-ray start --address 127.0.0.1:{ray_port} --num-cpus 1 --disable-usage-stats > worker.log 2>&1
-
-# the tracking server the sweep logs to, lean as tests/project.py's MlflowServer: one worker, no job runner
+# the tracking server the sweep logs to, lean as tests/project.py's MlflowServer: one worker, no job runner.
+# It starts first: Ray's nodes take ports at random, and once one took the server's (an agent answered
+# the sweep with HTTP 401)
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false python -m mlflow server --host 127.0.0.1 --port {mlflow_port} --workers 1 \
     --backend-store-uri "sqlite:///$PWD/server/mlflow.db" --artifacts-destination "$PWD/server" > mlflow.log 2>&1 &
 for _ in $(seq 120); do
     python -c "import urllib.request; urllib.request.urlopen('$MLFLOW_TRACKING_URI/health')" 2>/dev/null && break
     sleep 1
 done
+
+# docs/sweeps.md, on the head: a token, readable by its owner only, then the head node
+ray get-auth-token --generate > /dev/null
+chmod 600 "$HOME/.ray/auth_token"
+ray start --head --port {ray_port} --num-cpus 1 --include-dashboard=false --disable-usage-stats > head.log 2>&1
+# on every other machine, with the head's token in ~/.ray/auth_token and RAY_AUTH_MODE=token:
+ray start --address 127.0.0.1:{ray_port} --num-cpus 1 --disable-usage-stats > worker.log 2>&1
 
 RAY_ADDRESS=127.0.0.1:{ray_port} python -m vae.sweep sweeps/cli.yaml > sweep.log 2>&1 && echo ok > sweep.rc
 # a driver without the token is refused, in one line that says what to set
