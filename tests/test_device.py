@@ -241,7 +241,7 @@ def test_the_logged_models_say_whose_they_are_and_evaluate_finds_the_decoder(tmp
     assert parts == {"half-beta-decoder-beta0p5-latent3": "decoder", "half-beta-encoder-beta0p5-latent3": "encoder"}
     decoder_id = registry.decoder_model_id(run.info.run_id)
     assert client.get_logged_model(decoder_id).name == "half-beta-decoder-beta0p5-latent3"
-    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/half-beta-decoder-beta0p5-latent3")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/half-beta-decoder-beta0p5-latent3", dst_path=tmp_path)
     assert loaded(torch.zeros(2, 3)).shape == (2, 1, 32, 32)
 
 
@@ -263,9 +263,9 @@ def test_a_gpu_host_serves_the_logged_cpu_model_with_the_readme_s_setting(tmp_pa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
     monkeypatch.delenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", raising=False)
     with pytest.raises(Exception, match="can't be loaded on 'cuda' device"):
-        mlflow.pyfunc.load_model(uri)
+        mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path))
     monkeypatch.setenv("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
-    images = mlflow.pyfunc.load_model(uri).predict(np.zeros((3, 2), dtype=np.float32))
+    images = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path)).predict(np.zeros((3, 2), dtype=np.float32))
     assert np.asarray(images).shape == (3, 1, 32, 32)
 
 

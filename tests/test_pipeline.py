@@ -227,7 +227,7 @@ def test_plots_diff_shows_each_experiment_s_pictures_side_by_side(
     assert {f"{rev}_outputs_{picture}" for rev in ("HEAD", exp) for picture in pictures} <= shown
 
 
-def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> None:
+def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path, tmp_path: Path) -> None:
     import mlflow
 
     runs, client = mlflow_runs(project)
@@ -285,7 +285,8 @@ def test_mlflow_holds_both_runs_with_metrics_images_and_model(project: Path) -> 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     # named whose it is: the DVC experiment's name, the part and the key params
     exp = training["100.0"].data.tags["dvc_exp_name"]
-    model = mlflow.pytorch.load_model(f"runs:/{training['100.0'].info.run_id}/{exp}-decoder-beta100-latent2")
+    uri = f"runs:/{training['100.0'].info.run_id}/{exp}-decoder-beta100-latent2"
+    model = mlflow.pytorch.load_model(uri, dst_path=str(tmp_path))
     with torch.inference_mode():
         images = model(torch.randn(5, 2))
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
@@ -443,10 +444,11 @@ def test_queued_experiment_lands_in_the_project_store(
 
 
 def test_the_comparison_page_holds_every_training_and_marks_the_best(
-    pipeline_states: PipelineStates, three_trainings: tuple[Path, str], env: dict[str, str]
+    pipeline_states: PipelineStates, three_trainings: tuple[Path, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """`python -m vae.compare` on two DVC experiments (by name) and the baseline (by run id): one page
-    with each training's verdict, the best of each column marked, its pictures inline, nothing fetched."""
+    with each training's verdict, the best of each column marked, its pictures inline, nothing fetched,
+    and nothing left in the temporary folder."""
     import re
     from html.parser import HTMLParser
 
@@ -455,8 +457,12 @@ def test_the_comparison_page_holds_every_training_and_marks_the_best(
     training = {r.data.params["beta"]: r for r in by_stage(runs, "train")}
     names = [training["100.0"].data.tags["dvc_exp_name"], training["50.0"].data.tags["dvc_exp_name"]]
     baseline = next(r for r in by_stage(runs, "train") if "dvc_exp_name" not in r.data.tags)
-    out = run(["python", "-m", "vae.compare", *names, baseline.info.run_id, "--log"], project, env)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = ["python", "-m", "vae.compare", *names, baseline.info.run_id, "--log"]
+    out = run(command, project, env | {"TMPDIR": str(temporary)})
     assert "compare: 3 trainings → compare.html" in out
+    assert not list(temporary.iterdir())  # the pictures' downloads are gone
     page = (project / "compare.html").read_text()
 
     class Cells(HTMLParser):  # the verdict table's rows: (text, marked best) per cell

@@ -229,7 +229,9 @@ def test_the_champion_decoder_is_served_over_rest_and_rejects_a_wrong_latent_wid
     assert status == 400 and "does not match expected shape (-1, 2)" in answer["message"]
 
 
-def test_the_champion_encoder_embeds_images_without_this_package(champion: tuple[Path, dict[str, str]], serve) -> None:
+def test_the_champion_encoder_embeds_images_without_this_package(
+    champion: tuple[Path, dict[str, str]], serve, tmp_path: Path
+) -> None:
     root, env = champion
     from vae.storage import load_model, load_prepared
     from vae.utils import batch_images
@@ -243,7 +245,11 @@ def test_the_champion_encoder_embeds_images_without_this_package(champion: tuple
         "x = torch.tensor(numpy.array(json.load(sys.stdin), dtype=numpy.float32)); print(json.dumps(e(x).tolist()))"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(images.tolist()), env=env, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        input=json.dumps(images.tolist()),
+        env=env | {"TMPDIR": str(tmp_path)},  # where MLflow downloads the model to, and leaves it
+        capture_output=True,
+        text=True,
     )
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     means = torch.tensor(json.loads(loaded.stdout))
@@ -253,6 +259,7 @@ def test_the_champion_encoder_embeds_images_without_this_package(champion: tuple
     checkpoint = mlflow.artifacts.download_artifacts(
         run_id=version.run_id,
         artifact_path="checkpoint/vae_fashion_mnist.pth",
+        dst_path=str(tmp_path),
         tracking_uri=env["MLFLOW_TRACKING_URI"],
     )
     model, _ = load_model(checkpoint)
@@ -267,13 +274,14 @@ def test_the_champion_encoder_embeds_images_without_this_package(champion: tuple
     assert status == 400 and "does not match expected shape (-1, 1, 32, 32)" in answer["message"]
 
 
-def test_the_champion_decoder_loads_by_alias(champion: tuple[Path, dict[str, str]]) -> None:
+def test_the_champion_decoder_loads_by_alias(champion: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     root, env = champion
     code = (
         "import torch, mlflow; "
         f"d = mlflow.pytorch.load_model('models:/{NAME}@champion'); x = d(torch.randn(4, 2)); "
         "print(tuple(x.shape), float(x.min()) >= 0, float(x.max()) <= 1)"
     )
+    env = env | {"TMPDIR": str(tmp_path)}  # where MLflow downloads the model to, and leaves it
     loaded = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert loaded.stdout.strip() == "(4, 1, 32, 32) True True", loaded.stderr[-2000:]
 

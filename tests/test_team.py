@@ -161,7 +161,7 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
             f"import mlflow, torch; m = mlflow.pytorch.load_model('runs:/{run_id}/decoder-beta500-latent2'); "
             "x = m(torch.randn(3, 2)); print(tuple(x.shape), float(x.min()) >= 0, float(x.max()) <= 1)",
         ],
-        env=env,
+        env=env | {"TMPDIR": str(tmp_path)},  # where MLflow downloads the model to, and leaves it
         capture_output=True,
         text=True,
         timeout=300,

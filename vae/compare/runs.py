@@ -10,6 +10,7 @@ pictures of its evaluate and generate runs.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,14 +119,16 @@ def _pictures(client: mlflow.MlflowClient, run_id: str, experiments: list[str]) 
     for child in children:
         latest.setdefault(child.data.tags.get("pipeline_stage"), child.info.run_id)
     pictures = {}
-    for name, (stage, path) in PICTURES.items():
-        if stage in latest:
-            try:
-                local = mlflow.artifacts.download_artifacts(
-                    run_id=latest[stage], artifact_path=path, tracking_uri=tracking_uri()
-                )
-            except (mlflow.exceptions.MlflowException, OSError):
-                continue  # latent_dim > 2 has no latent grid
-            with open(local, "rb") as f:
-                pictures[name] = f.read()
+    # into a folder removed afterwards: without dst_path MLflow makes a temporary folder per download and
+    # leaves it, one in the user's /tmp per picture of every training compared
+    with tempfile.TemporaryDirectory(prefix="vae-compare-") as folder:
+        for name, (stage, path) in PICTURES.items():
+            if stage in latest:
+                try:
+                    local = mlflow.artifacts.download_artifacts(
+                        run_id=latest[stage], artifact_path=path, dst_path=folder, tracking_uri=tracking_uri()
+                    )
+                except (mlflow.exceptions.MlflowException, OSError):
+                    continue  # latent_dim > 2 has no latent grid
+                pictures[name] = Path(local).read_bytes()
     return pictures
