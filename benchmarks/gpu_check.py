@@ -156,6 +156,10 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
         port = s.getsockname()[1]
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'check.db'}"}
     serve_env = env | store | {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}  # the README's serving line
+    # mlflow models serve downloads the model to a temporary folder it leaves: one inside this check's
+    downloads = root.parent / "serve-downloads"
+    downloads.mkdir(exist_ok=True)
+    serve_env["TMPDIR"] = str(downloads)
     uri = f"runs:/{run.info.run_id}/{logged_model_name(DECODER, None, model.latent_dim)}"
     command = ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     started = time.perf_counter()
