@@ -156,7 +156,8 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
         port = s.getsockname()[1]
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'check.db'}"}
     serve_env = env | store | {"MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}  # the README's serving line
-    # mlflow models serve downloads the model to a temporary folder it leaves: one inside this check's
+    # mlflow models serve downloads the model into a temporary folder and never removes it: TMPDIR puts
+    # that folder inside this check's own, which is removed when the check ends
     downloads = root.parent / "serve-downloads"
     downloads.mkdir(exist_ok=True)
     serve_env["TMPDIR"] = str(downloads)
