@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from vae.classifier import FashionClassifier, train_classifier
+from vae.classifier import ImageClassifier, train_classifier
 from vae.data import read_split, resolve_data_dir
 from vae.errors import run_command
 
@@ -26,7 +26,7 @@ LAYOUTS = {"default (NCHW)": torch.contiguous_format, "channels-last (NHWC)": to
 
 def images_per_second(layout: torch.memory_format, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
     torch.manual_seed(0)
-    model = FashionClassifier()
+    model = ImageClassifier()
     started = time.perf_counter()
     train_classifier(model, images, labels, epochs=1, lr=1e-3, batch_size=batch, seed=0, memory_format=layout)
     return len(images) / (time.perf_counter() - started)

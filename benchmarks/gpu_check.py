@@ -142,11 +142,11 @@ def log_and_serve(root: Path, env: dict[str, str]) -> tuple[float, float]:
     from vae.tracking.logged_models import log_models, logged_model_name
     from vae.tracking.registry import DECODER
 
-    model, _ = load_model(root / "models" / "vae_fashion_mnist.pth", get_device("auto"))
+    model, _ = load_model(root / "models" / "vae.pth", get_device("auto"))
     mlflow.set_tracking_uri(f"sqlite:///{root / 'check.db'}")
     started = time.perf_counter()
     with mlflow.start_run() as run:
-        log_models(model, root / "models" / "vae_fashion_mnist.pth", None, {})
+        log_models(model, root / "models" / "vae.pth", None, {})
     logged = time.perf_counter() - started
 
     from socket import socket

@@ -9,7 +9,7 @@ from vae.data import (
     CLASS_NAMES,
     ENV_VAR,
     DataError,
-    FashionMNISTSplit,
+    ImageSplit,
     load_fashion_mnist,
     read_split,
     resolve_data_dir,
@@ -109,19 +109,19 @@ def test_missing_data_error_lists_files_and_remedies(tmp_path: Path, monkeypatch
         load_fashion_mnist("train")
     message = str(err.value)
     assert "nowhere" in message and "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
-    assert ENV_VAR in message and "download" in message
+    assert ENV_VAR in message and "data.dir" in message
 
 
 def test_offline_default_folder_says_download_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vae.data
+    import vae.data.idx
 
-    def offline(directory: Path) -> None:
+    def offline(directory: Path, spec: object) -> None:
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(vae.data, "_download", offline)
+    monkeypatch.setattr(vae.data.idx, "_download", offline)
     with pytest.raises(DataError, match=r"download failed.*missing train-images-idx3-ubyte"):
         resolve_data_dir()
 
@@ -137,14 +137,14 @@ def test_real_data_sizes(real_data_dir: Path) -> None:
     assert torch.bincount(test.labels).tolist() == [1000] * 10
 
 
-def _numbered(n: int) -> FashionMNISTSplit:
+def _numbered(n: int) -> ImageSplit:
     """``n`` images whose first pixels spell their index, labels 0..9 in turn: each image is unique."""
     images = torch.zeros(n, 1, 32, 32, dtype=torch.uint8)
     images[:, 0, 0, 0], images[:, 0, 0, 1] = torch.arange(n) % 256, torch.arange(n) // 256
-    return FashionMNISTSplit(images, torch.arange(n) % 10)
+    return ImageSplit(images, torch.arange(n) % 10)
 
 
-def _index(split: FashionMNISTSplit) -> list[int]:
+def _index(split: ImageSplit) -> list[int]:
     return (split.images[:, 0, 0, 0].long() + 256 * split.images[:, 0, 0, 1].long()).tolist()
 
 

@@ -22,7 +22,7 @@ import yaml
 from conftest import idx_bytes, write_fashion_mnist
 
 from vae.config import load_params
-from vae.data import FashionMNISTSplit, read_split, resolve_data_dir
+from vae.data import ImageSplit, read_split, resolve_data_dir
 from vae.errors import UserError
 from vae.model import VAE
 from vae.pipeline.dvc_yaml import stage_params
@@ -98,7 +98,7 @@ def _rename(dotted: str, typo: str) -> Callable[[dict], None]:
 
 def _batch_above_data(tmp: Path) -> None:
     _params_with(tmp, _set("train.batch_size", 1000))
-    images = FashionMNISTSplit(torch.zeros(300, 1, 32, 32, dtype=torch.uint8), torch.zeros(300, dtype=torch.long))
+    images = ImageSplit(torch.zeros(300, 1, 32, 32, dtype=torch.uint8), torch.zeros(300, dtype=torch.long))
     train_pipeline(load_params(Path("params.yaml")), images, images, torch.device("cpu"), [])
 
 
@@ -135,8 +135,8 @@ def _wrong_shape(tmp: Path) -> None:
 
 
 def _latent_mismatch(tmp: Path) -> None:
-    save_model(VAE(latent_dim=2), Path("models/vae_fashion_mnist.pth"))
-    load_model(Path("models/vae_fashion_mnist.pth"), expected_latent_dim=8)
+    save_model(VAE(latent_dim=2), Path("models/vae.pth"))
+    load_model(Path("models/vae.pth"), expected_latent_dim=8)
 
 
 def _truncated_checkpoint(tmp: Path) -> None:

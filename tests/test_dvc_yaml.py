@@ -88,6 +88,7 @@ def test_training_settings_follow_an_edited_dvc_yaml(tmp_path: Path) -> None:
     spec = yaml.safe_load(DVC_YAML.read_text())
     spec["stages"]["train"]["params"].append("generate.seed")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())  # dvc.yaml's ${data.dir} reads it
     settings = training_settings(load_params(REPO / "params.yaml"), tmp_path / "dvc.yaml")
     assert "generate.seed" in settings
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from project import MlflowServer
 
-from vae.data import CLASS_NAMES
+from vae.data import CLASS_NAMES, PAD
 from vae.explorer import explorer_html, latent_plane, write_explorer
 from vae.generator import decode_latents, latent_grid
 from vae.model import VAE
@@ -47,7 +47,7 @@ def model_and_means(latent_dim: int, n: int = 200) -> tuple[VAE, torch.Tensor, t
 def test_the_sprite_holds_the_models_decodes_of_the_shown_plane(latent_dim: int) -> None:
     model, means, labels = model_and_means(latent_dim)
     resolution, plane_range = 12, (-2.5, 2.0)
-    page = explorer_html(model, means, labels, CLASS_NAMES, resolution, plane_range)
+    page = explorer_html(model, means, labels, CLASS_NAMES, resolution, plane_range, border=PAD)
     data = page_data(page)
     pixels = sprite_pixels(data)
     assert pixels.shape == (resolution * 28, resolution * 28)
@@ -62,6 +62,19 @@ def test_the_sprite_holds_the_models_decodes_of_the_shown_plane(latent_dim: int)
     np.testing.assert_allclose(data["x"], xy[:, 0].numpy(), atol=1e-4)
     assert data["label"] == labels.tolist() and data["classes"] == list(CLASS_NAMES)
     assert ("principal directions" in data["note"]) == (latent_dim > 2)
+
+
+def test_a_colour_models_sprite_is_rgb_and_whole() -> None:
+    """CIFAR-10 or a colour folder: 3 channels, no padding to leave out, so each cell is the whole 32 × 32 decode."""
+    torch.manual_seed(3)
+    model = VAE(latent_dim=2, input_channels=3).eval()
+    means, labels, resolution = torch.randn(20, 2), torch.arange(20) % 4, 6
+    data = page_data(explorer_html(model, means, labels, ("a", "b", "c", "d"), resolution, (-2.0, 2.0)))
+    pixels = sprite_pixels(data)
+    assert pixels.shape == (resolution * 32, resolution * 32, 3) and data["tile"] == 32
+    expected = decode_latents(model, latent_plane(means).codes(latent_grid(resolution, (-2.0, 2.0))))
+    cell = pixels[32:64, 64:96]  # row 1, column 2
+    np.testing.assert_allclose(cell, expected[1 * resolution + 2].permute(1, 2, 0).numpy(), atol=SPRITE_TOLERANCE)
 
 
 def test_a_plane_of_more_than_two_dimensions_keeps_the_rest_at_the_mean() -> None:

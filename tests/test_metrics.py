@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae.classifier import FashionClassifier, features, train_classifier
+from vae.classifier import ImageClassifier, features, train_classifier
 from vae.config import load_params
 from vae.data import read_split
 from vae.metrics import active_units, frechet_distance, importance_weighted_log_likelihood, knn_accuracy, negative_elbo
@@ -100,7 +100,7 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_with_noise_large() ->
 def test_frechet_distance_of_test_images_against_themselves_and_noise(real_data_dir: Path) -> None:
     torch.manual_seed(0)
     train, test = read_split(real_data_dir, "train", limit=5000), read_split(real_data_dir, "test", limit=4000)
-    classifier = FashionClassifier()
+    classifier = ImageClassifier()
     train_classifier(classifier, train.images, train.labels, epochs=1, lr=1e-3, batch_size=64, seed=0)
     real = features(classifier, test.images)
     halves = frechet_distance(real[:2000], real[2000:])  # two samples of the same distribution

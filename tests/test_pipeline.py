@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 OUTPUTS = [
     "data/prepared/train.pt",
     "data/prepared/test.pt",
-    "models/vae_fashion_mnist.pth",
+    "models/vae.pth",
     "outputs/train_run_id.txt",
     "outputs/evaluate_run_id.txt",
     "outputs/generate_run_id.txt",
@@ -31,7 +31,7 @@ OUTPUTS = [
     "metrics/train_history.csv",
     "metrics/evaluate.json",
     "metrics/classifier.json",
-    "models/fmnist_classifier.pth",
+    "models/classifier.pth",
     "outputs/evaluate/vae_reconstructions.png",
     "outputs/evaluate/vae_latent_space.png",
     "outputs/generate/vae_generated_samples.png",

@@ -55,12 +55,12 @@ def test_progress_reaches_a_log_file_while_training_runs(clone_home: Path, env: 
             assert time.monotonic() < deadline, "no epoch line within 300 s"
             time.sleep(0.02)
         # the model is written after the last epoch: a block-buffered stage shows its first epoch only then
-        assert not (root / "models/vae_fashion_mnist.pth").exists(), log.read_text()
+        assert not (root / "models/vae.pth").exists(), log.read_text()
         assert "Running stage 'train'" in log.read_text()
     finally:
         assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
     text = log.read_text()
-    assert all(f"epoch {n}/5" in text for n in range(1, 6)) and "prepare: source" in text
+    assert all(f"epoch {n}/5" in text for n in range(1, 6)) and "prepare: fashion-mnist from" in text
 
 
 def test_the_library_example_reads_the_readme_s_relative_data_dir(clone_home: Path, env: dict[str, str]) -> None:

@@ -79,7 +79,7 @@ def test_every_training_run_registers_its_decoder_and_encoder(project: tuple[Pat
             assert version.tags.get("dvc_exp_name") == run_.data.tags.get("dvc_exp_name")
     # the version of the committed run names the same file as DVC's artifact, by the hash in dvc.lock
     committed_md5 = next(
-        o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/vae_fashion_mnist.pth"
+        o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/vae.pth"
     )
     assert committed_md5 in {v.tags["checkpoint_md5"] for v in registry.search_model_versions(f"name = '{NAME}'")}
     # the evaluate stage's metrics are on each decoder version's MLflow model
@@ -258,7 +258,7 @@ def test_the_champion_encoder_embeds_images_without_this_package(
 
     checkpoint = mlflow.artifacts.download_artifacts(
         run_id=version.run_id,
-        artifact_path="checkpoint/vae_fashion_mnist.pth",
+        artifact_path="checkpoint/vae.pth",
         dst_path=str(tmp_path),
         tracking_uri=env["MLFLOW_TRACKING_URI"],
     )

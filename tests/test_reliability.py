@@ -91,7 +91,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path
     result = start_and_stop_mid_epoch(killed, signal.SIGKILL)
     assert result.returncode == -signal.SIGKILL
     finished = saved_epoch(killed)
-    assert 1 <= finished < EPOCHS and not (killed / "models/vae_fashion_mnist.pth").exists()
+    assert 1 <= finished < EPOCHS and not (killed / "models/vae.pth").exists()
 
     resumed = subprocess.run(TRAIN, cwd=killed, env=env_for(killed), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -171,4 +171,4 @@ def test_non_finite_loss_keeps_the_last_good_state(
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
         train_pipeline(load_params(), *(load_prepared(f) for f in files), torch.device("cpu"), files)
     assert saved_epoch(root) == 1  # the last good epoch's checkpoint is kept
-    assert not (root / "models/vae_fashion_mnist.pth").exists()
+    assert not (root / "models/vae.pth").exists()

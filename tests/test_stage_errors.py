@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae.data import FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.model import VAE
 from vae.storage import save_model, save_prepared
 
@@ -59,9 +59,9 @@ def test_missing_model_for_evaluate(project: Path) -> None:
 
 @pytest.mark.parametrize("content", ["", "not a run id!\n"])
 def test_bad_training_run_id_file_is_one_line_and_names_it(project: Path, content: str) -> None:
-    save_model(VAE(latent_dim=2), project / "models" / "vae_fashion_mnist.pth")
+    save_model(VAE(latent_dim=2), project / "models" / "vae.pth")
     save_prepared(
-        FashionMNISTSplit(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.arange(4)),
+        ImageSplit(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.arange(4)),
         project / "data/prepared/test.pt",
     )
     (project / "outputs").mkdir()

@@ -13,7 +13,7 @@ import yaml
 from conftest import write_fashion_mnist
 from project import prepared_project, set_params
 
-from vae.classifier import FashionClassifier, save_classifier
+from vae.classifier import ImageClassifier, save_classifier
 from vae.config import load_params
 from vae.data import DataError
 from vae.errors import UserError, run_command
@@ -32,7 +32,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = prepared_project(tmp_path, monkeypatch, **evaluate)
     torch.manual_seed(0)
     save_model(VAE(latent_dim=2), paths.MODEL)
-    save_classifier(FashionClassifier(), paths.CLASSIFIER)
+    save_classifier(ImageClassifier(), paths.CLASSIFIER)
     write_run_id("0" * 32, paths.TRAIN_RUN_ID)  # a training run this store does not hold
     return root
 
@@ -242,7 +242,7 @@ def test_mlflow_log_models_false_logs_the_checkpoint_alone(project: Path, log_mo
     client = mlflow.MlflowClient()
     run = client.get_run(paths.TRAIN_RUN_ID.read_text().strip())
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
-        "checkpoint/vae_fashion_mnist.pth"
+        "checkpoint/vae.pth"
     ]
     models = client.search_logged_models([run.info.experiment_id])
     logged = ["decoder-beta500-latent2", "encoder-beta500-latent2"]  # params.yaml's beta and latent_dim

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae.data import DataError, FashionMNISTSplit
+from vae.data import DataError, ImageSplit
 from vae.model import VAE
 from vae.storage import (
     CheckpointError,
@@ -19,8 +19,8 @@ from vae.storage import (
 )
 
 
-def split(n: int = 6) -> FashionMNISTSplit:
-    return FashionMNISTSplit(torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8), torch.arange(n) % 10)
+def split(n: int = 6) -> ImageSplit:
+    return ImageSplit(torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8), torch.arange(n) % 10)
 
 
 def test_prepared_round_trip(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_a_prepared_slice_is_saved_alone_not_with_the_images_it_was_cut_from(tmp
     """data.train_limit keeps the first N images: a slice of all of them. torch.save writes a view's whole
     storage, so train.pt held every image (61.8 MB for train_limit: 300) and DVC cached, pushed and pulled them."""
     everything = split(1000)
-    first = FashionMNISTSplit(everything.images[:10], everything.labels[:10])
+    first = ImageSplit(everything.images[:10], everything.labels[:10])
     save_prepared(first, tmp_path / "train.pt")
     assert (tmp_path / "train.pt").stat().st_size < 10 * 32 * 32 + 10 * 8 + 4096  # the 10 images and labels
     loaded = load_prepared(tmp_path / "train.pt")
@@ -47,7 +47,7 @@ def test_a_prepared_slice_is_saved_alone_not_with_the_images_it_was_cut_from(tmp
     [
         (
             {"images": torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(4, dtype=torch.int64)},
-            r"images must be uint8 of shape \(N, 1, 32, 32\)",
+            r"images must be uint8 of shape \(N, 1 or 3, 32, 32\)",
         ),
         ({"images": torch.zeros(4, 1, 32, 32), "labels": torch.zeros(4, dtype=torch.int64)}, "must be uint8"),
         (
@@ -164,7 +164,7 @@ def test_interrupts_deferred_delivers_ctrl_c_after_the_block() -> None:
 
 def test_saving_the_same_data_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     """DVC hashes files: a rerun that saves equal tensors must not look like new data to it."""
-    split = FashionMNISTSplit(torch.arange(2 * 32 * 32, dtype=torch.uint8).view(2, 1, 32, 32), torch.tensor([0, 1]))
+    split = ImageSplit(torch.arange(2 * 32 * 32, dtype=torch.uint8).view(2, 1, 32, 32), torch.tensor([0, 1]))
     save_prepared(split, tmp_path / "a" / "train.pt")
     save_prepared(split, tmp_path / "b" / "train.pt")
     first = (tmp_path / "a" / "train.pt").read_bytes()

@@ -123,10 +123,10 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
     # artifacts are proxied: mlflow-artifacts: URIs, bytes served by the server, objects in its S3 bucket
     artifact_uri = training["info"]["artifact_uri"]
     assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
-    checkpoint = server.download(f"{artifact_uri}/checkpoint/vae_fashion_mnist.pth")
-    assert checkpoint == (root / "models" / "vae_fashion_mnist.pth").read_bytes()
+    checkpoint = server.download(f"{artifact_uri}/checkpoint/vae.pth")
+    assert checkpoint == (root / "models" / "vae.pth").read_bytes()
     in_bucket = s3.keys(f"mlflow/{experiment['experiment_id']}/")
-    assert f"mlflow/{experiment['experiment_id']}/{run_id}/artifacts/checkpoint/vae_fashion_mnist.pth" in in_bucket
+    assert f"mlflow/{experiment['experiment_id']}/{run_id}/artifacts/checkpoint/vae.pth" in in_bucket
     assert not (server.data_dir / "artifacts").exists()
     [evaluate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "evaluate"]
     [generate] = [r for r in runs if tags_of(r).get("pipeline_stage") == "generate"]
@@ -174,7 +174,7 @@ def test_pipeline_against_the_server_logs_everything_over_rest(
         [version] = server.api(f"model-versions/search?{query}")["model_versions"]
         tags = {t["key"]: t["value"] for t in version["tags"]}
         assert tags["beta"] == "500" and tags["latent_dim"] == "2" and tags["training_run_id"] == run_id
-        assert tags["checkpoint_md5"] == md5(root / "models" / "vae_fashion_mnist.pth")
+        assert tags["checkpoint_md5"] == md5(root / "models" / "vae.pth")
 
 
 @pytest.mark.slow
@@ -242,7 +242,7 @@ def test_server_killed_mid_training_stops_the_stage_and_the_rerun_resumes(
     assert "Traceback" not in err and "Retrying" not in err, err
     assert stopped_after < 30
     assert saved_state(root)["epoch"] >= 2  # the epoch that ended when the server was gone is kept too
-    assert not (root / "models" / "vae_fashion_mnist.pth").exists()
+    assert not (root / "models" / "vae.pth").exists()
 
     server.start()
     out = run(["dvc", "repro"], root, env)

@@ -41,7 +41,7 @@ def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
         for o in st["outs"]
     }
     pushed = set(s3.keys("dvc/files/md5/"))
-    for output in ("data/prepared", "models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "outputs/generate"):
+    for output in ("data/prepared", "models/vae.pth", "models/classifier.pth", "outputs/generate"):
         assert f"dvc/files/md5/{lock[output][:2]}/{lock[output][2:]}" in pushed, output
     out = run(["dvc", "exp", "run", "-S", "beta=100"], a, env)
     [name] = re.findall(r"Ran experiment\(s\): (\S+)", out) or [None]
@@ -51,7 +51,7 @@ def test_a_dvc_remote_and_a_git_origin_share_results_and_experiments(
     b = tmp_path / "b"
     run(["git", "clone", "-q", "--branch", "main", str(origin), str(b)], tmp_path, env)
     run(["dvc", "pull"], b, env)
-    for output in ("models/vae_fashion_mnist.pth", "models/fmnist_classifier.pth", "data/prepared/train.pt"):
+    for output in ("models/vae.pth", "models/classifier.pth", "data/prepared/train.pt"):
         assert (b / output).is_file(), output
     assert (b / "data/prepared/train.pt").read_bytes() == (a / "data/prepared/train.pt").read_bytes()
     assert "up to date" in run(["dvc", "status"], b, env)  # every output matches dvc.lock's hashes

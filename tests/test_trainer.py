@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 def test_one_epoch_on_real_images_lowers_the_loss(real_data_dir: Path) -> None:
     set_seed(0)
     data = load_fashion_mnist("train", directory=real_data_dir, limit=512)
-    loader = DataLoader(data.dataset(), batch_size=32, shuffle=True)
+    loader = DataLoader(data.tensor_dataset(), batch_size=32, shuffle=True)
     vae = VAE(latent_dim=2)
     first_x = next(iter(loader))[0]
     with torch.no_grad():

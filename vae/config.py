@@ -40,6 +40,8 @@ def project_root() -> Path:
 
 # train.precision: "auto" (bf16 autocast on CPUs that compute bf16 natively, else fp32), "fp32" or "bf16"
 PRECISIONS = ("auto", "fp32", "bf16")
+# data.dataset: the data sets vae.data reads (a module each), Fashion-MNIST the default
+DATASETS = ("fashion-mnist", "mnist", "kmnist", "cifar10", "folder")
 # train.lr_schedule: PyTorch's schedulers, stepped per batch (see vae.trainer.make_scheduler)
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
 
@@ -86,7 +88,11 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    val_size: Annotated[int, Field(ge=0)]  # validation images carved from the 60,000 (stratified); 0: none
+    dataset: Literal[DATASETS]  # which reader of vae.data: see docs/data.md
+    dir: Text  # where its files are (the data set's folder or its parent), relative to the project root
+    channels: Literal["auto", 1, 3]  # auto: the data's own (a folder: 1 when every image is gray); 1 or 3: converted
+    test_size: Annotated[int, Field(ge=1)] | None  # a folder without train/ and test/: test images carved (null: 1/7)
+    val_size: Annotated[int, Field(ge=0)]  # validation images carved from the training images (stratified); 0: none
     val_seed: Annotated[int, Field(ge=0)]  # which images validation takes
     train_limit: Annotated[int, Field(ge=1)] | None  # keep the first N of the rest; null keeps all
     test_limit: Annotated[int, Field(ge=1)] | None
@@ -127,7 +133,8 @@ class ClassifierParams(_Section):
     lr: Annotated[Number, Field(gt=0)]
     batch_size: Annotated[int, Field(ge=1)]
     seed: Annotated[int, Field(ge=0)]
-    min_accuracy: Annotated[Number, Field(ge=0, le=1)]  # the stage fails below this test accuracy
+    # the stage fails below this test accuracy; auto: the floor measured for the data set (none where unmeasured)
+    min_accuracy: Literal["auto"] | Annotated[Number, Field(ge=0, le=1)]
 
 
 class GenerateParams(_Section):
@@ -256,8 +263,27 @@ def validation_message(err: ValidationError, raw: Any, root: type[BaseModel]) ->
     An unknown key is reported before all else: a typo (``latnet_dim``) also leaves the key
     it was meant to be missing, and the key the user typed is the culprit.
     """
-    errors = err.errors()
+    errors = [_without_union_branches(e, root) for e in err.errors()]
+    # a value of a union (``auto`` or a number) fails every branch: a number is told the number's rule
+    errors.sort(key=lambda e: e["type"] == "literal_error" and isinstance(e.get("input"), (int, float)))
     return _message(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0]), raw, root)
+
+
+def _without_union_branches(error: dict[str, Any], root: type[BaseModel]) -> dict[str, Any]:
+    """``error`` with the names pydantic gives a union's branches (``literal['auto']``) left out of its location."""
+    if error["type"] == "extra_forbidden":  # its last part is the unknown key itself
+        return error
+    loc, model, kept = tuple(error["loc"]), root, []
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            kept.extend(loc[index:])
+            break
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            continue  # a branch's name: not a key of params.yaml
+        kept.append(part)
+        model = fields[part].annotation
+    return error | {"loc": tuple(kept)}
 
 
 def parse_params(raw: Any) -> Params:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     device = get_device()
     train = load_fashion_mnist("train", args.data_dir, limit=args.limit)
     test = load_fashion_mnist("test", args.data_dir, limit=args.limit)
-    loader = DataLoader(train.dataset(), batch_size=128, shuffle=True)
+    loader = DataLoader(train.tensor_dataset(), batch_size=128, shuffle=True)
 
     vae = VAE(latent_dim=args.latent_dim, input_channels=1).to(device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)

@@ -1,8 +1,8 @@
-"""The latent explorer: one self-contained HTML page to hover over the latent map and see the decoded garment.
+"""The latent explorer: one self-contained HTML page to hover over the latent map and see the decoded image.
 
 The page (``explorer.html`` beside this module is its template) shows the test
 set's latent means coloured by class on the left and, on the right, the image
-decoded at the pointer (its central 28 × 28 pixels), enlarged with square pixels. Nothing runs a model in the
+decoded at the pointer (without the padding of 28 × 28 data sets), enlarged with square pixels. Nothing runs a model in the
 browser: :func:`write_explorer` decodes a dense ``resolution × resolution`` grid
 over the shown square and embeds it as one PNG sprite, and the page shows the
 cell nearest the pointer. The page needs no network: its script, style, data and
@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vae.data import PAD
 from vae.generator import decode_latents, latent_grid, latent_plane
 from vae.model import VAE
 from vae.storage import atomic_write
@@ -46,17 +45,19 @@ CLASS_COLOURS = (
 )
 
 
-def sprite(images: torch.Tensor, resolution: int) -> bytes:
-    """Images (resolution², 1, H, W) in [0, 1], in row order, tiled into one grayscale PNG (no gaps).
+def sprite(images: torch.Tensor, resolution: int, border: int = 0) -> bytes:
+    """Images (resolution², C, H, W) in [0, 1], in row order, tiled into one PNG (no gaps): grayscale
+    for C = 1, RGB for C = 3.
 
-    Each image keeps its central 28 × 28 pixels, the Fashion-MNIST picture inside the
-    2-pixel frame the pipeline pads it with: a quarter fewer pixels to embed.
+    Each image loses ``border`` pixels on every side: the 2-pixel frame the pipeline pads 28 × 28
+    data sets with (Fashion-MNIST's picture is its central 28 × 28 pixels), a quarter fewer to embed.
     """
-    picture = images[..., PAD:-PAD, PAD:-PAD]
-    tiles = tile(picture.float().clamp(0, 1), resolution, padding=0)[0]  # (res·28, res·28)
-    pixels = (tiles * 255).round().to(torch.uint8).numpy()
+    picture = images[..., border : images.shape[-2] - border, border : images.shape[-1] - border]
+    tiles = tile(picture.float().clamp(0, 1), resolution, padding=0)  # (C, res·h, res·w)
+    pixels = (tiles * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).contiguous().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB").save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
@@ -67,7 +68,8 @@ def explorer_html(
     class_names: Sequence[str],
     resolution: int = 64,
     plane_range: tuple[float, float] = (-3.0, 3.0),
-    title: str = "Fashion-MNIST VAE: latent explorer",
+    title: str = "VAE: latent explorer",
+    border: int = 0,
 ) -> str:
     """The page, as text: ``resolution``² decodes over the square ``plane_range``² of :func:`latent_plane`.
 
@@ -77,6 +79,7 @@ def explorer_html(
         labels: their classes (N,), indices into ``class_names``.
         resolution: grid points per side; the page shows the grid point nearest the pointer.
         plane_range: (low, high) of both plane coordinates.
+        border: padding pixels left out of each shown image (:func:`vae.data.border` of the data set).
     """
     plane = latent_plane(test_means)
     grid = latent_grid(resolution, plane_range)  # row order: x increasing, y decreasing down the rows
@@ -104,8 +107,8 @@ def explorer_html(
         "x": [round(v, 4) for v in xy[:, 0].tolist()],
         "y": [round(v, 4) for v in xy[:, 1].tolist()],
         "label": labels.tolist(),
-        "sprite": "data:image/png;base64," + base64.b64encode(sprite(images, resolution)).decode(),
-        "tile": images.shape[-1] - 2 * PAD,
+        "sprite": "data:image/png;base64," + base64.b64encode(sprite(images, resolution, border)).decode(),
+        "tile": images.shape[-1] - 2 * border,
     }
     # "</" cannot end the script element early inside JSON written this way
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")

@@ -56,15 +56,16 @@ def encode_means(vae: VAE, images: torch.Tensor, batch_size: int = 1000) -> torc
 
 
 def pick_different_classes(labels: torch.Tensor) -> tuple[int, int]:
-    """Indices of the first image and of the first image of another class after it.
+    """Indices of the first image and of the first image of another class after it; of the first two
+    images when all are of one class (data of one class).
 
     Raises:
-        ValueError: every label is the same.
+        ValueError: fewer than two images.
     """
+    if len(labels) < 2:
+        raise ValueError(f"interpolation needs two images, got {len(labels)}")
     others = torch.nonzero(labels != labels[0]).flatten()
-    if len(others) == 0:
-        raise ValueError("interpolation needs two images of different classes, but all labels are equal")
-    return 0, int(others[0])
+    return 0, int(others[0]) if len(others) else 1
 
 
 def generate_samples(
@@ -143,9 +144,12 @@ def interpolate_latent(vae: VAE, z1: torch.Tensor, z2: torch.Tensor, num_steps: 
 
 
 def _image_figure(grid: torch.Tensor, figsize: tuple[float, float], title: str | None) -> Figure:
-    """A figure of ``grid`` (1, H, W) in [0, 1], in grays."""
+    """A figure of ``grid`` (C, H, W) in [0, 1]: in grays for C = 1, in colour for C = 3."""
     fig, ax = _pyplot().subplots(figsize=figsize)
-    ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    if grid.shape[0] == 3:
+        ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy())
+    else:
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     ax.axis("off")
     if title:
         ax.set_title(title)
@@ -181,10 +185,11 @@ def visualize_samples(
 
 
 def grid_picture(images: torch.Tensor, per_row: int) -> np.ndarray:
-    """Images (N, 1, H, W) in [0, 1] tiled ``per_row`` to a row, 2-pixel white borders, as an 8-bit
-    grayscale picture (H', W') uint8: each pixel the image's value × 255, rounded."""
-    grid = tile(images.detach().cpu().float(), per_row)[0]
-    return grid.mul(255).round().to(torch.uint8).numpy()
+    """Images (N, C, H, W) in [0, 1] tiled ``per_row`` to a row, 2-pixel white borders, as an 8-bit
+    picture: (H', W') uint8 for gray images (C = 1), (H', W', 3) for colour (C = 3); each pixel the
+    image's value × 255, rounded."""
+    grid = tile(images.detach().cpu().float(), per_row).mul(255).round().to(torch.uint8)
+    return grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).contiguous().numpy()
 
 
 @torch.inference_mode()

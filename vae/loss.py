@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_BETA = 500.0
-PIXELS = 32 * 32  # of a padded Fashion-MNIST image
+PIXELS = 32 * 32  # of a gray 32×32 image (Fashion-MNIST, padded); C·32·32 for C channels
 
 
 def nelbo_of_losses(reconstruction_loss: float, kl_loss: float, pixels: int = PIXELS) -> float:
     """−ELBO in nats per image from the loss's two halves, comparable across β: ``bce`` is a mean over
-    the ``pixels`` of an image, ``kld`` a sum per image (see :func:`vae_loss_function`)."""
+    the ``pixels`` of an image (C·32·32: 3,072 for RGB), ``kld`` a sum per image (see :func:`vae_loss_function`)."""
     return pixels * reconstruction_loss + kl_loss
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vae.data import CLASS_NAMES, DataError, FashionMNISTSplit
+from vae.data import CLASS_NAMES, FASHION_MNIST, DataError, ImageSplit
 from vae.errors import UserError
 from vae.model import IMAGE_SIZE, VAE
 
@@ -101,17 +101,32 @@ def _torch_load(path: Path, error: type[ValueError], what: str) -> Any:
 # --- prepared data sets -------------------------------------------------------------------------
 
 
-def save_prepared(split: FashionMNISTSplit, path: Path | str) -> None:
-    """Save uint8 images (N, 1, 32, 32) and int64 labels (N,) as one tensor file."""
+def save_prepared(split: ImageSplit, path: Path | str) -> None:
+    """Save uint8 images (N, C, 32, 32), int64 labels (N,) and what they are as one tensor file.
+
+    The file holds ``images`` and ``labels``, and, for any data but Fashion-MNIST's, ``dataset``,
+    ``class_names``, ``source`` and ``source_digest`` (:class:`vae.data.ImageSplit`). Fashion-MNIST's
+    files hold the two tensors alone, as they did before other data sets: byte for byte the same
+    files, the same MD5s in dvc.lock.
+    """
     if split.images.dtype != torch.uint8:
         raise TypeError(f"prepared images must be uint8, got {split.images.dtype}")
     # copies: torch.save writes a view's whole storage, so data.train_limit's slice would save every image
     images, labels = (t.clone(memory_format=torch.contiguous_format) for t in (split.images, split.labels))
-    atomic_torch_save({"images": images, "labels": labels}, path)
+    blob: dict[str, Any] = {"images": images, "labels": labels}
+    if split.dataset != FASHION_MNIST or split.class_names != CLASS_NAMES:
+        blob |= {
+            "dataset": split.dataset,
+            "class_names": list(split.class_names),
+            "source": split.source,
+            "source_digest": split.source_digest,
+        }
+    atomic_torch_save(blob, path)
 
 
-def load_prepared(path: Path | str) -> FashionMNISTSplit:
-    """Load a file written by :func:`save_prepared`: uint8 images (N, 1, 32, 32), int64 labels (N,).
+def load_prepared(path: Path | str) -> ImageSplit:
+    """Load a file written by :func:`save_prepared`: uint8 images (N, C, 32, 32) with C = 1 or 3, int64
+    labels (N,), and what they are (a file without a description is Fashion-MNIST's).
 
     Raises:
         DataError: missing, corrupt, or tensors of the wrong shape/dtype; names the file.
@@ -122,16 +137,19 @@ def load_prepared(path: Path | str) -> FashionMNISTSplit:
     labels = blob.get("labels") if isinstance(blob, dict) else None
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DataError(f"{path}: prepared data file must hold 'images' and 'labels' tensors")
-    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
+    shape = tuple(images.shape[1:]) if images.dim() == 4 else ()
+    if images.dtype != torch.uint8 or shape not in ((1, IMAGE_SIZE, IMAGE_SIZE), (3, IMAGE_SIZE, IMAGE_SIZE)):
         raise DataError(
-            f"{path}: images must be uint8 of shape (N, 1, {IMAGE_SIZE}, {IMAGE_SIZE}), "
+            f"{path}: images must be uint8 of shape (N, 1 or 3, {IMAGE_SIZE}, {IMAGE_SIZE}), "
             f"got {images.dtype} {tuple(images.shape)}"
         )
     if labels.dim() != 1 or len(labels) != len(images) or len(images) == 0:
         raise DataError(f"{path}: {tuple(labels.shape)} labels for {len(images)} images")
-    if labels.dtype != torch.int64 or int(labels.min()) < 0 or int(labels.max()) >= len(CLASS_NAMES):
-        raise DataError(f"{path}: labels must be int64 class indices 0..{len(CLASS_NAMES) - 1}")
-    return FashionMNISTSplit(images, labels)
+    class_names = tuple(blob.get("class_names", CLASS_NAMES))
+    if labels.dtype != torch.int64 or int(labels.min()) < 0 or int(labels.max()) >= len(class_names):
+        raise DataError(f"{path}: labels must be int64 class indices 0..{len(class_names) - 1}")
+    description = {key: blob[key] for key in ("dataset", "source", "source_digest") if key in blob}
+    return ImageSplit(images, labels, class_names, **description)
 
 
 # --- model checkpoints --------------------------------------------------------------------------
@@ -144,7 +162,10 @@ def save_model(model: VAE, path: Path | str, **extra: Any) -> None:
 
 
 def load_model(
-    path: Path | str, device: torch.device | str = "cpu", expected_latent_dim: int | None = None
+    path: Path | str,
+    device: torch.device | str = "cpu",
+    expected_latent_dim: int | None = None,
+    expected_channels: int | None = None,
 ) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the model saved by :func:`save_model`; returns ``(model in eval mode, whole checkpoint)``.
 
@@ -154,7 +175,8 @@ def load_model(
 
     Raises:
         CheckpointError: not a checkpoint, truncated, or built for another
-            ``latent_dim`` than ``expected_latent_dim``; names the file.
+            ``latent_dim`` than ``expected_latent_dim`` or for images of other than
+            ``expected_channels`` channels (the data's); names the file.
     """
     path = Path(path)
     blob = _torch_load(path, CheckpointError, "model checkpoint")
@@ -165,6 +187,13 @@ def load_model(
         raise CheckpointError(
             f"{path}: model was built for latent_dim={config.get('latent_dim')}, "
             f"params.yaml asks for latent_dim={expected_latent_dim}; retrain it (dvc repro)"
+        )
+    channels = config.get("input_channels", 1)
+    if expected_channels is not None and channels != expected_channels:
+        kinds = {1: "gray (1 channel)", 3: "colour (3 channels)"}
+        raise CheckpointError(
+            f"{path}: model was trained on {kinds.get(channels, f'{channels}-channel')} images, the prepared "
+            f"data is {kinds.get(expected_channels, f'{expected_channels}-channel')}; retrain it (dvc repro)"
         )
     try:
         model = VAE(**config)

@@ -18,6 +18,7 @@ import mlflow
 
 from vae.errors import UserError
 from vae.loss import nelbo_of_losses
+from vae.tracking.data_tags import CHANNELS_TAG, mixed_data
 from vae.tracking.store import tracking_uri
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -55,11 +56,18 @@ def existing_store() -> str:
 
 
 def resolve(names: list[str], client: mlflow.MlflowClient | None = None) -> list[Training]:
-    """Every training the ``names`` stand for, in the order given (a sweep's trials by name)."""
+    """Every training the ``names`` stand for, in the order given (a sweep's trials by name).
+
+    Raises:
+        CompareError: a name stands for nothing; or the trainings were made on different data (their
+            NELBOs are of other images, in other units for other channel counts), naming two of them.
+    """
     client = client or mlflow.MlflowClient(existing_store())
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = {run.info.run_id: run for name in names for run in _runs_of(client, experiments, name)}  # each once
-    return [_training(client, run, experiments) for run in runs.values()]
+    labelled = {run.info.run_id: (name, run) for name in names for run in _runs_of(client, experiments, name)}
+    if why := mixed_data([(f"{name} ({run.info.run_id[:8]})", run.data.tags) for name, run in labelled.values()]):
+        raise CompareError(why)
+    return [_training(client, run, experiments) for _, run in labelled.values()]
 
 
 def _runs_of(client: mlflow.MlflowClient, experiments: list[str], name: str) -> list:
@@ -97,7 +105,10 @@ def _training(client: mlflow.MlflowClient, run: object, experiments: list[str]) 
         for key in ("val_reconstruction_loss", "val_kl_loss")
     }
     epochs = sorted(set(history["val_reconstruction_loss"]) & set(history["val_kl_loss"]))
-    val_nelbo = [(e, nelbo_of_losses(history["val_reconstruction_loss"][e], history["val_kl_loss"][e])) for e in epochs]
+    pixels = int(run.data.tags.get(CHANNELS_TAG, "1")) * 32 * 32  # the BCE is a mean over them
+    val_nelbo = [
+        (e, nelbo_of_losses(history["val_reconstruction_loss"][e], history["val_kl_loss"][e], pixels)) for e in epochs
+    ]
     if not val_nelbo and "val_nelbo" in run.data.metrics:  # a sweep trial logs its own
         val_nelbo = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_nelbo")]
     return Training(

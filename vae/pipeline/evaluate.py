@@ -12,9 +12,9 @@ import torch
 
 from vae import fast_cpu
 from vae.batches import TensorBatches
-from vae.classifier import FashionClassifier, features, load_classifier
+from vae.classifier import ImageClassifier, features, load_classifier
 from vae.config import Params, load_params
-from vae.data import CLASS_NAMES, FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.generator import encode_means, generate_samples, plot_latent_space, visualize_reconstruction
 from vae.metrics import active_units, frechet_distance, importance_weighted_log_likelihood, knn_accuracy, negative_elbo
 from vae.model import VAE
@@ -22,7 +22,7 @@ from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.pipeline.runner import write_json
 from vae.storage import load_model, load_prepared
-from vae.tracking.datasets import log_dataset
+from vae.tracking.datasets import log_dataset, split_tags
 from vae.tracking.registry import decoder_model_id
 from vae.tracking.runs import log_verdict, read_run_id, stage_run
 from vae.tracking.store import check_tracking_store
@@ -46,10 +46,10 @@ LOSS_NAMES = ("test_loss", "test_reconstruction_loss", "test_kl_loss")
 
 def evaluate_split(
     model: VAE,
-    classifier: FashionClassifier,
+    classifier: ImageClassifier | None,
     train_means: torch.Tensor,
     train_labels: torch.Tensor,
-    split: FashionMNISTSplit,
+    split: ImageSplit,
     params: Params,
     device: torch.device,
 ) -> tuple[dict[str, float], torch.Tensor]:
@@ -65,6 +65,9 @@ def evaluate_split(
       of evaluate.fd_samples prior samples (their codes drawn from a generator seeded with
       evaluate.seed) and of the split's images (not an Inception FID).
 
+    Data of one class has neither label-based metric (``knn_accuracy``, ``classifier_frechet_distance``;
+    ``classifier`` is None): they are absent, not faked.
+
     Every sampled estimate draws from a generator of its own, seeded with evaluate.seed, so each
     depends on the model, the split and evaluate.seed alone, not on what ran before it.
     """
@@ -78,6 +81,8 @@ def evaluate_split(
     )
     means = encode_means(model, split.images, cfg.batch_size)
     metrics["active_units"] = active_units(means)
+    if classifier is None or len(split.class_names) < 2:
+        return metrics, means
     metrics["knn_accuracy"] = knn_accuracy(train_means, train_labels, means, split.labels, k=cfg.knn_k)
     fd_codes = torch.Generator().manual_seed(cfg.seed)
     samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=fd_codes)
@@ -89,9 +94,9 @@ def evaluate_split(
 
 def evaluate_model(
     model: VAE,
-    classifier: FashionClassifier,
-    train: FashionMNISTSplit,
-    splits: dict[str, FashionMNISTSplit],
+    classifier: ImageClassifier | None,
+    train: ImageSplit,
+    splits: dict[str, ImageSplit],
     params: Params,
     device: torch.device,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -115,14 +120,16 @@ def main() -> None:
     params = load_params(paths.PARAMS)
     logged_params = select(params.flat(), lineage_params("evaluate"))
     device = get_device(params.train.device)  # every stage computes where train.device says
-    model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
-    fast_cpu.enable(model)
-    classifier = load_classifier(paths.CLASSIFIER, device)
     files = {"val": paths.PREPARED_VAL, "test": paths.PREPARED_TEST}
     if not params.data.val_size:  # a final refit on all the training images: test alone
         del files["val"]
     train, splits = load_prepared(paths.PREPARED_TRAIN), {name: load_prepared(path) for name, path in files.items()}
     test = splits["test"]
+    model, _ = load_model(paths.MODEL, device, params.latent_dim, expected_channels=train.channels)
+    fast_cpu.enable(model)
+    classifier = load_classifier(paths.CLASSIFIER, device, expected_channels=train.channels)
+    if classifier is None or len(train.class_names) < 2:
+        print(f"evaluate: {train.dataset} has one class: no k-NN accuracy and no classifier Fréchet distance")
     training_run_id = read_run_id(paths.TRAIN_RUN_ID)
     check_tracking_store()  # before the work: an unreachable server fails in seconds
 
@@ -139,12 +146,13 @@ def main() -> None:
     )
     plt.close(
         plot_latent_space(
-            means["test"], test.labels, CLASS_NAMES, save_path=paths.EVALUATE_DIR / "vae_latent_space.png"
+            means["test"], test.labels, test.class_names, save_path=paths.EVALUATE_DIR / "vae_latent_space.png"
         )
     )
 
     experiment = params.mlflow.experiment_name
-    with stage_run("evaluate", experiment, logged_params, training_run_id, device, paths.EVALUATE_RUN_ID):
+    tags = split_tags(train)
+    with stage_run("evaluate", experiment, logged_params, training_run_id, device, paths.EVALUATE_RUN_ID, tags):
         log_dataset(train, paths.PREPARED_TRAIN, "training")  # the k-NN classifier's neighbours
         for name, path in files.items():
             log_dataset(splits[name], path, {"val": "validation", "test": "testing"}[name])

@@ -12,7 +12,7 @@ import mlflow
 
 from vae import fast_cpu
 from vae.config import load_params
-from vae.data import CLASS_NAMES
+from vae.data import border
 from vae.explorer import latent_plane, write_explorer
 from vae.generator import (
     decode_latents,
@@ -26,6 +26,7 @@ from vae.generator import (
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.storage import load_model, load_prepared
+from vae.tracking.datasets import split_tags
 from vae.tracking.runs import read_run_id, stage_run
 from vae.tracking.store import check_tracking_store
 from vae.utils import get_device, set_seed
@@ -36,9 +37,9 @@ def main() -> None:
     logged_params = select(params.flat(), lineage_params("generate"))
     gen = params.generate
     device = get_device(params.train.device)  # every stage computes where train.device says
-    model, _ = load_model(paths.MODEL, device, expected_latent_dim=params.latent_dim)
-    fast_cpu.enable(model)
     test = load_prepared(paths.PREPARED_TEST)
+    model, _ = load_model(paths.MODEL, device, params.latent_dim, expected_channels=test.channels)
+    fast_cpu.enable(model)
     training_run_id = read_run_id(paths.TRAIN_RUN_ID)
     check_tracking_store()  # before the work: an unreachable server fails in seconds
     set_seed(gen.seed)
@@ -63,21 +64,23 @@ def main() -> None:
         model,
         test_means,
         test.labels,
-        CLASS_NAMES,
+        test.class_names,
         gen.explorer_resolution,
         gen.explorer_range,
+        border=border(test.dataset),
     )
 
     first, second = pick_different_classes(test.labels)
     means = encode_means(model, test.images[[first, second]])
     path = interpolate_latent(model, means[0], means[1], gen.interpolation_steps)
     title = (
-        f"test image {first} ({CLASS_NAMES[test.labels[first]]}) → "
-        f"test image {second} ({CLASS_NAMES[test.labels[second]]})"
+        f"test image {first} ({test.class_names[test.labels[first]]}) → "
+        f"test image {second} ({test.class_names[test.labels[second]]})"
     )
     plt.close(visualize_samples(path, (1, gen.interpolation_steps), out / "vae_interpolation.png", title=title))
     print(f"generate: wrote {', '.join(sorted(p.name for p in out.glob('*.*')))} to {out}")
 
     experiment = params.mlflow.experiment_name
-    with stage_run("generate", experiment, logged_params, training_run_id, device, paths.GENERATE_RUN_ID):
+    tags = split_tags(test)
+    with stage_run("generate", experiment, logged_params, training_run_id, device, paths.GENERATE_RUN_ID, tags):
         mlflow.log_artifacts(str(out), artifact_path="generate")

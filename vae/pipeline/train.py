@@ -18,7 +18,7 @@ import torch
 from vae import fast_cpu
 from vae.batches import TensorBatches
 from vae.config import Params, ParamsError, load_params
-from vae.data import FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select, stage_params
@@ -35,7 +35,7 @@ from vae.pipeline.resume import (
 )
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
-from vae.tracking.datasets import log_dataset
+from vae.tracking.datasets import log_dataset, split_tags
 from vae.tracking.epoch_images import EpochImages, pictured_epoch
 from vae.tracking.logged_models import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs, run_name, run_tags, setup_experiment, ui_link, write_run_id
@@ -128,10 +128,10 @@ class Training:
 
 
 def start_training(
-    params: Params, train: FashionMNISTSplit, val: FashionMNISTSplit | None, device: torch.device
+    params: Params, train: ImageSplit, val: ImageSplit | None, device: torch.device
 ) -> Training:
-    """A fresh model, optimizer and batches for ``params``, seeded with train.seed; ``val``: the validation
-    split (None: data.val_size is 0, no held-out metrics per epoch).
+    """A fresh model for ``train``'s images (its channels), optimizer and batches for ``params``, seeded with
+    train.seed; ``val``: the validation split (None: data.val_size is 0, no held-out metrics per epoch).
 
     Raises:
         ParamsError: train.batch_size is larger than the training set.
@@ -143,7 +143,8 @@ def start_training(
         )
     set_seed(params.train.seed)
     precision = resolve_precision(params.train.precision, device)
-    model = configure_performance(device, VAE(latent_dim=params.latent_dim, input_channels=1).to(device))
+    model = VAE(latent_dim=params.latent_dim, input_channels=train.channels)  # gray or RGB, as prepared
+    model = configure_performance(device, model.to(device))
     fast_cpu.enable(model)  # on the CPU, faster convolutions with the same weights (a no-op on CUDA)
     optimizer = make_optimizer(model, params.train.lr)
     train_batches = TensorBatches(train.images, params.train.batch_size, seed=params.train.seed, device=device)
@@ -164,8 +165,8 @@ def start_training(
 
 def train_pipeline(
     params: Params,
-    train: FashionMNISTSplit,
-    val: FashionMNISTSplit | None,
+    train: ImageSplit,
+    val: ImageSplit | None,
     device: torch.device,
     prepared_files: list[Path],
     state_file: Path = STATE_FILE,
@@ -205,7 +206,7 @@ def training_run(
     training: Training,
     state: TrainState | None,
     images: EpochImages,
-    splits: tuple[FashionMNISTSplit, FashionMNISTSplit | None],
+    splits: tuple[ImageSplit, ImageSplit | None],
     prepared_files: list[Path],
 ) -> Iterator[mlflow.ActiveRun]:
     """The training's MLflow run: a new one with its params, tags and datasets, or, resuming ``state``, its
@@ -223,7 +224,7 @@ def training_run(
             arithmetic = {"precision": training.precision, "threads": torch.get_num_threads()}  # rounding's
             train, val = splits
             sizes = {"train_images": len(train), "val_images": 0 if val is None else len(val)}
-            mlflow.set_tags(run_tags(training.device, "train") | sizes | arithmetic)
+            mlflow.set_tags(run_tags(training.device, "train") | sizes | arithmetic | split_tags(train))
             # training fits the train split and reports per-epoch losses on validation; it never reads test
             for split, path, context in zip(splits, prepared_files, ("training", "validation")):
                 log_dataset(split, path, context)

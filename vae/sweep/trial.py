@@ -19,9 +19,9 @@ import mlflow
 import torch
 
 from vae import fast_cpu
-from vae.classifier import FashionClassifier
+from vae.classifier import ImageClassifier
 from vae.config import Params
-from vae.data import FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.errors import UserError, one_line
 from vae.loss import nelbo_of_losses
 from vae.model import VAE
@@ -32,6 +32,7 @@ from vae.pipeline.resume import TrainState
 from vae.pipeline.train import start_training
 from vae.storage import load_model, save_model
 from vae.sweep.spec import EPOCH_METRIC, Sweep
+from vae.tracking.datasets import split_tags
 from vae.tracking.epoch_images import EpochImages
 from vae.tracking.logged_models import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs
@@ -48,9 +49,9 @@ class TrialSetup:
     """What every trial gets: put in Ray's object store once by ``tune.with_parameters``."""
 
     sweep: Sweep
-    train: FashionMNISTSplit
-    val: FashionMNISTSplit  # every trial is validated and ranked on it; a sweep never reads the test set
-    classifier: FashionClassifier
+    train: ImageSplit
+    val: ImageSplit  # every trial is validated and ranked on it; a sweep never reads the test set
+    classifier: ImageClassifier | None  # None: data of one class, no label-based metrics
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -90,7 +91,7 @@ def _newtrial_run(client: mlflow.MlflowClient, setup: TrialSetup, trial_id: str,
         "ray_trial_name": trial_name,
         "pipeline_stage": "sweep-trial",
         "sweep": setup.sweep.name,
-    }
+    } | split_tags(setup.train)
     if setup.git_commit:
         tags[GIT_COMMIT_TAG] = setup.git_commit
     return client.create_run(setup.experiment_id, run_name=trial_name, tags=tags).info.run_id
@@ -161,7 +162,8 @@ def _train_and_evaluate(
 
     for epoch in training.epochs:
         metrics = training.train_epoch(epoch) | {"beta": params.beta_at(epoch), "lr": training.lr}
-        metrics[EPOCH_METRIC] = nelbo_of_losses(metrics["val_reconstruction_loss"], metrics["val_kl_loss"])
+        losses = metrics["val_reconstruction_loss"], metrics["val_kl_loss"]
+        metrics[EPOCH_METRIC] = nelbo_of_losses(*losses, pixels=setup.val.pixels)
         if epoch not in logged:
             if images.due(epoch):
                 images.log(training.model, epoch)
@@ -183,10 +185,12 @@ def _evaluate_and_log(setup: TrialSetup, params: Params, model: VAE, device: tor
         checkpoint = Path(folder) / paths.MODEL.name
         save_model(model, checkpoint)
         # evaluated as the evaluate stage does it: the saved model, loaded back
-        saved, _ = load_model(checkpoint, device, expected_latent_dim=params.latent_dim)
+        saved, _ = load_model(checkpoint, device, params.latent_dim, expected_channels=setup.train.channels)
         fast_cpu.enable(saved)
         # the classifier embeds the Fréchet features where the trial computes, as in the evaluate stage
-        classifier = setup.classifier.to(device, memory_format=torch.channels_last)
+        classifier = setup.classifier
+        if classifier is not None:
+            classifier = classifier.to(device, memory_format=torch.channels_last)
         metrics, _ = evaluate_model(saved, classifier, setup.train, {"val": setup.val}, params, device)
         evaluation = {f"eval_{key}": value for key, value in metrics.items()}
         mlflow.log_metrics(evaluation, step=params.epochs)

@@ -21,10 +21,10 @@ import mlflow
 import torch
 import yaml
 
-from vae.classifier import FashionClassifier, load_classifier
+from vae.classifier import ImageClassifier, load_classifier
 from vae.compare.page import write_page
 from vae.config import project_root
-from vae.data import FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params
 from vae.storage import load_prepared
@@ -153,7 +153,7 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def load_setup_data() -> tuple[FashionMNISTSplit, FashionMNISTSplit, FashionClassifier]:
+def load_setup_data() -> tuple[ImageSplit, ImageSplit, ImageClassifier | None]:
     """The prepared data and the classifier the trials share; missing ones are named with the fix."""
     missing = [p for p in (paths.PREPARED_TRAIN, paths.PREPARED_VAL, paths.CLASSIFIER) if not p.exists()]
     if missing:
@@ -161,8 +161,9 @@ def load_setup_data() -> tuple[FashionMNISTSplit, FashionMNISTSplit, FashionClas
             f"{', '.join(map(str, missing))} missing: trials train on the prepared data and score samples "
             "with the classifier; run `dvc repro classifier` first"
         )
-    classifier = load_classifier(paths.CLASSIFIER, torch.device("cpu"))
-    return load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_VAL), classifier
+    train, val = load_prepared(paths.PREPARED_TRAIN), load_prepared(paths.PREPARED_VAL)
+    classifier = load_classifier(paths.CLASSIFIER, torch.device("cpu"), expected_channels=train.channels)
+    return train, val, classifier
 
 
 def run_sweep(sweep: Sweep, address: str | None, storage: Path, run_best: bool = False) -> list[TrialOutcome]:

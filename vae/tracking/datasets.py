@@ -5,17 +5,25 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from vae.data import FashionMNISTSplit
+from vae.data import ImageSplit
 from vae.storage import file_md5
+from vae.tracking.data_tags import data_tags
 
 
-def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
+def split_tags(split: ImageSplit) -> dict[str, str]:
+    """The tags of a run that read ``split`` (:func:`vae.tracking.data_tags.data_tags`)."""
+    return data_tags(split.dataset, split.channels, split.source, split.source_digest)
+
+
+def log_dataset(split: ImageSplit, path: Path, context: str) -> None:
     """Record in the active run that it read the prepared ``split`` from ``path``, as ``context``.
 
     ``context`` is ``"training"``, ``"validation"`` or ``"testing"``. MLflow keeps the dataset's
-    name, schema and shape (images (N, 1, 32, 32) uint8, labels (N,)), its
-    source file and a digest of the whole file (MLflow's own digest reads only
-    the first rows): runs on different data never share a digest.
+    name, after its source and split (``fashion-mnist-train``, ``cifar10-val``, ``folder-test``), its
+    schema and shape (images (N, C, 32, 32) uint8, labels (N,)), its source (the folder the images
+    were read from, else the prepared file) and a digest of the whole prepared file (MLflow's own
+    digest reads only the first rows): runs on different data never share a digest. A folder's own
+    digest (of its files) is the runs' ``dataset_digest`` tag (:mod:`vae.tracking.data_tags`).
     """
     import mlflow
 
@@ -25,8 +33,8 @@ def log_dataset(split: FashionMNISTSplit, path: Path, context: str) -> None:
         dataset = mlflow.data.from_numpy(
             split.images.numpy(),
             targets=split.labels.numpy(),
-            source=str(path.resolve()),
-            name=f"fashion-mnist-{path.stem}",
+            source=split.source or str(path.resolve()),
+            name=f"{split.dataset}-{path.stem}",
             digest=file_md5(path),
         )
     try:

@@ -3,7 +3,8 @@
     python -m vae.tracking.promote                          # by eval_val_iw_log_likelihood, higher is better
     python -m vae.tracking.promote --metric eval_val_nelbo  # lower is better
 
-It chooses on the validation split; a test-set metric is refused (the test set only reports).
+It chooses on the validation split; a test-set metric is refused (the test set only reports). Versions trained
+on different data are not ranked together: ``--dataset cifar10`` ranks those of one.
 
 Prints the candidates, best first, and the outcome; a second run with nothing
 new changes nothing. Then ``mlflow.pytorch.load_model("models:/fashion-mnist-vae@champion")``
@@ -29,6 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"what to rank by: {ranking_metrics()}")
     parser.add_argument("--name", help="the registered model (default: mlflow.registered_model in params.yaml)")
     parser.add_argument("--alias", default=ALIAS, help=f"the alias to move (default: {ALIAS})")
+    parser.add_argument(
+        "--dataset", help="rank only the versions trained on this data set (needed when they differ), e.g. cifar10"
+    )
     return parser.parse_args(argv)
 
 
@@ -42,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not name:
             raise RegistryError(f"{PARAMS_FILE}: mlflow.registered_model is null; pass --name")
         mlflow.set_tracking_uri(check_tracking_store())
-        print(format_promotion(promote(name, args.metric, args.alias), args.alias))
+        print(format_promotion(promote(name, args.metric, args.alias, args.dataset), args.alias))
 
     run_command("promote", run)
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from vae.errors import UserError
+from vae.tracking.data_tags import DATASET_TAG, UNTAGGED, mixed_data
 
 if TYPE_CHECKING:
     import mlflow
@@ -97,6 +98,7 @@ class Candidate:
     run_id: str
     tags: dict[str, str]
     metrics: dict[str, float]
+    run_tags: dict[str, str] = field(default_factory=dict)  # its training run's: which data it learned
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ def candidates(client: mlflow.MlflowClient, name: str) -> list[Candidate]:
         )
     found = []
     for version in versions:
-        experiment_id = client.get_run(version.run_id).info.experiment_id
+        training = client.get_run(version.run_id)
+        experiment_id = training.info.experiment_id
         evaluations = client.search_runs(
             [experiment_id],
             filter_string=f"tags.training_run_id = '{version.run_id}' AND tags.pipeline_stage = 'evaluate' "
@@ -143,7 +146,7 @@ def candidates(client: mlflow.MlflowClient, name: str) -> list[Candidate]:
             max_results=1,
         )
         metrics = dict(evaluations[0].data.metrics) if evaluations else {}
-        found.append(Candidate(int(version.version), version.run_id, dict(version.tags), metrics))
+        found.append(Candidate(int(version.version), version.run_id, dict(version.tags), metrics, training.data.tags))
     return found
 
 
@@ -181,15 +184,34 @@ def best_first(items: Iterable[T], score: Callable[[T], float | None], higher_is
     return sorted(items, key=key)
 
 
-def promote(name: str, metric: str = DEFAULT_METRIC, alias: str = ALIAS) -> Promotion:
-    """Point ``alias`` of ``name`` (and of its encoder) at the version whose run is best by ``metric``.
+def same_data(found: list[Candidate], dataset: str | None) -> list[Candidate]:
+    """The candidates trained on ``dataset`` (None: all of them, which must be on the same data).
+
+    Raises:
+        RegistryError: versions trained on different data and no ``dataset`` chosen (naming two of them),
+            or none trained on ``dataset``.
+    """
+    if dataset is not None:
+        kept = [c for c in found if c.run_tags.get(DATASET_TAG, UNTAGGED) == dataset]
+        if not kept:
+            trained = sorted({c.run_tags.get(DATASET_TAG, UNTAGGED) for c in found})
+            raise RegistryError(f"no version was trained on {dataset}; they were trained on: {', '.join(trained)}")
+        found = kept
+    if why := mixed_data([(f"version {c.version}", c.run_tags) for c in found]):
+        raise RegistryError(f"{why}; pass --dataset NAME to rank the versions of one data set")
+    return found
+
+
+def promote(name: str, metric: str = DEFAULT_METRIC, alias: str = ALIAS, dataset: str | None = None) -> Promotion:
+    """Point ``alias`` of ``name`` (and of its encoder) at the version whose run is best by ``metric``, among
+    those trained on ``dataset`` (None: all, which must be trained on the same data).
 
     Running it again with no new version or evaluation changes nothing.
     """
     import mlflow
 
     client = mlflow.MlflowClient()
-    ranked = rank(candidates(client, name), metric)
+    ranked = rank(same_data(candidates(client, name), dataset), metric)
     winner = ranked[0]
     previous = _aliased(client, name, alias)
     if previous is None or previous.version != str(winner.version):

@@ -156,13 +156,14 @@ def stage_run(
     training_run_id: str,
     device: object,
     run_id_file: Path,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """A new MLflow run for one execution of ``stage`` (evaluate, generate), nested under its training run.
 
     Every execution gets a run of its own, so an experiment that reruns
     evaluate alone (``dvc exp run -S evaluate.knn_k=7``) never writes into
     another execution's run. The run logs ``params`` (the params that shaped
-    its results), is a child of ``training_run_id`` (the run that made the
+    its results) and ``tags`` (the data's: :mod:`vae.tracking.data_tags`), is a child of ``training_run_id`` (the run that made the
     model, named by the train stage's run-id file), and its id is written to
     ``run_id_file`` once the block ends without error. When the training run is
     not in this store (another ``MLFLOW_TRACKING_URI``), the run is logged
@@ -186,9 +187,9 @@ def stage_run(
                 "logging this run without a parent",
                 file=sys.stderr,
             )
-        tags = run_tags(device, stage) | {"training_run_id": training_run_id}
+        all_tags = run_tags(device, stage) | dict(tags or {}) | {"training_run_id": training_run_id}
         name = run_name(stage, params.get("beta"), params.get("latent_dim"))
-        with mlflow.start_run(run_name=name, parent_run_id=parent, tags=tags) as run:
+        with mlflow.start_run(run_name=name, parent_run_id=parent, tags=all_tags) as run:
             mlflow.log_params(dict(params))
             yield run
             write_run_id(run.info.run_id, run_id_file)
