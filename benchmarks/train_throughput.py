@@ -8,7 +8,12 @@ steps, so that a slow spell of a shared machine hits both alike. Prints the
 median images/s of each, the ratio b/a, and the peak memory.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--images 60000] [--batch-size 128] [--precision fp32]
-                                          [--no-fast-cpu]
+                                          [--no-fast-cpu] [--channels 1 3]
+
+Each of ``--channels`` (default 1 and 3) is measured as its own pair: at 3 channels both paths train
+``VAE(input_channels=3)`` on the same images made RGB (the usual loop with torchvision's
+``Grayscale(num_output_channels=3)``, the project path with :func:`vae.data.to_channels`, as prepare
+does), the figures of a CIFAR-10 or colour-folder training beside Fashion-MNIST's.
 
 (a) "usual": torchvision ``FashionMNIST`` with ``Pad(2)`` + ``ToTensor()`` per image,
     ``DataLoader(batch_size, shuffle=True, num_workers=0)``, the model with
@@ -46,7 +51,7 @@ import torch
 
 from vae import fast_cpu
 from vae.config import PRECISIONS
-from vae.data import SPLIT_FILES, read_split, resolve_data_dir
+from vae.data import SPLIT_FILES, read_split, resolve_data_dir, to_channels
 from vae.errors import run_command
 from vae.loss import vae_loss_function
 from vae.model import VAE
@@ -82,7 +87,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _model(args: dict, device: torch.device) -> VAE:
-    model = VAE(latent_dim=2).to(device)
+    model = VAE(latent_dim=2, input_channels=args["channels"]).to(device)
     model.load_state_dict(torch.load(args["weights"], weights_only=True))
     return model
 
@@ -97,7 +102,9 @@ def _setup_usual(args: dict) -> None:
         args["tv_root"],
         train=True,
         download=False,
-        transform=transforms.Compose([transforms.Pad(2), transforms.ToTensor()]),
+        transform=transforms.Compose(
+            [transforms.Pad(2), transforms.Grayscale(num_output_channels=args["channels"]), transforms.ToTensor()]
+        ),
     )
     loader = DataLoader(Subset(dataset, range(args["images"])), batch_size=args["batch_size"], shuffle=True)
     model = _model(args, device)  # plain torch.nn, the same weights
@@ -126,7 +133,7 @@ def _setup_project(args: dict) -> None:
 
     device = torch.device(args["device"])
     torch.manual_seed(0)
-    images = read_split(args["source"], "train", args["images"]).images
+    images = to_channels(read_split(args["source"], "train", args["images"]).images, args["channels"])
     model = configure_performance(device, _model(args, device))
     if args["fast_cpu"]:
         fast_cpu.keep_freed_memory()  # as the train stage's entry point does
@@ -160,11 +167,11 @@ def _round(steps: int) -> dict:
     return {"images_per_s": images / (time.perf_counter() - start), "loss": loss, "peak_mb": _peak_memory_mb(device)}
 
 
-def _initial_weights(folder: Path) -> Path:
-    """The weights both paths start from (seed 0), saved in ``folder``."""
-    weights = folder / "init.pt"
+def _initial_weights(folder: Path, channels: int = 1) -> Path:
+    """The weights both paths start from (seed 0) for ``channels``-channel images, saved in ``folder``."""
+    weights = folder / f"init-{channels}.pt"
     torch.manual_seed(0)
-    torch.save(VAE(latent_dim=2).state_dict(), weights)
+    torch.save(VAE(latent_dim=2, input_channels=channels).state_dict(), weights)
     return weights
 
 
@@ -175,7 +182,7 @@ def project_images_per_s(
     ``benchmarks/gpu_check.py`` reports for the train stage (no baseline to compare, so no worker process)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = {"device": device, "images": images, "batch_size": batch_size, "warmup": warmup}
-        args |= {"precision": precision, "fast_cpu": True, "weights": str(_initial_weights(Path(tmp)))}
+        args |= {"precision": precision, "fast_cpu": True, "weights": str(_initial_weights(Path(tmp))), "channels": 1}
         _setup("project", args | {"source": str(source)})
         return _round(steps)["images_per_s"]
 
@@ -193,15 +200,31 @@ def main() -> None:
     )
     parser.add_argument("--no-fast-cpu", action="store_true", help="path (b) without vae.fast_cpu")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: FASHION_MNIST_DIR, data/...)")
+    parser.add_argument("--channels", type=int, nargs="+", choices=(1, 3), default=[1, 3], help="image channels")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     cli = parser.parse_args()
     cli.device = str(get_device(cli.device))  # after parsing: --device cpu must not initialise CUDA
 
     source = resolve_data_dir(cli.data)
     cli.precision = resolve_precision(cli.precision, torch.device(cli.device))
+    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else _cpu_name()
+    print(f"device: {cli.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"CPU: {_cpu_features()}")
+    print(
+        f"{cli.images} images, batch size {cli.batch_size}, {cli.rounds} rounds of {cli.steps} timed steps "
+        f"per path after {cli.warmup} warm-up steps"
+    )
+    report = {}
+    for channels in cli.channels:
+        report[channels] = _measure(cli, source, channels)
+    if cli.json:
+        print(json.dumps({"by_channels": report, "args": vars(cli)}))
+
+
+def _measure(cli: argparse.Namespace, source: Path, channels: int) -> dict:
+    """Both paths in turns at ``channels``-channel images; prints their figures and returns them."""
     results: dict[str, list[dict]] = {"usual": [], "project": []}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _initial_weights(Path(tmp))
         args = {
             "device": cli.device,
             "images": cli.images,
@@ -209,7 +232,8 @@ def main() -> None:
             "warmup": cli.warmup,
             "precision": cli.precision,
             "fast_cpu": not cli.no_fast_cpu,
-            "weights": str(weights),
+            "weights": str(_initial_weights(Path(tmp), channels)),
+            "channels": channels,
             "source": str(source),
             "tv_root": str(_torchvision_root(source, Path(tmp))),
         }
@@ -228,20 +252,13 @@ def main() -> None:
 
     speed = {path: statistics.median(r["images_per_s"] for r in rounds) for path, rounds in results.items()}
     peak = {path: rounds[-1]["peak_mb"] for path, rounds in results.items()}
-    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else _cpu_name()
-    print(f"device: {cli.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print(f"CPU: {_cpu_features()}")
-    print(
-        f"{cli.images} images, batch size {cli.batch_size}, {cli.rounds} rounds of {cli.steps} timed steps "
-        f"per path after {cli.warmup} warm-up steps"
-    )
     memory = "GPU memory allocated" if cli.device.startswith("cuda") else "process RSS"
+    print(f"{channels}×32×32 images:")
     project = f"(b) project path, {cli.precision}{', no fast_cpu' if cli.no_fast_cpu else ''}"
     for path, label in (("usual", "(a) usual loop"), ("project", project)):
-        print(f"{label + ':':36s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
-    print(f"ratio b/a: {speed['project'] / speed['usual']:.2f}x")
-    if cli.json:
-        print(json.dumps({"images_per_s": speed, "peak_mb": peak, "rounds": results, "args": vars(cli)}))
+        print(f"  {label + ':':36s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
+    print(f"  ratio b/a: {speed['project'] / speed['usual']:.2f}x")
+    return {"images_per_s": speed, "peak_mb": peak, "rounds": results}
 
 
 def _cpu_name() -> str:

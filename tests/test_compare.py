@@ -89,3 +89,30 @@ def test_no_store_is_one_line_and_creates_none(tmp_path: Path, monkeypatch, caps
         "(run dvc repro, or set MLFLOW_TRACKING_URI)"
     ]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_wide_verdict_table_scrolls_inside_a_1400_pixel_window(tmp_path: Path) -> None:
+    """Eight trainings differing in many params, every metric of both splits: the page itself never needs
+    a horizontal scroll bar in a 1,400-pixel window; the table scrolls within it, its columns all there."""
+    from playwright.sync_api import sync_playwright
+    from test_explorer import chromium_or_fail
+
+    metrics = ("nelbo", "nelbo_reconstruction", "nelbo_kl", "iw_log_likelihood", "active_units", "knn_accuracy")
+    trainings = []
+    for i in range(8):
+        more = {f"train.{key}": str(i) for key in ("lr", "lr_schedule", "batch_size", "seed", "precision", "lr_min")}
+        t = training(f"run{i}", str(10 * (i + 1)), 250.0 - i, 0.7, **more, **{"beta_schedule.kind": str(i)})
+        t.verdict.update({f"eval_{s}_{m}": 1000.123456 + i for s in ("val", "test") for m in metrics})
+        trainings.append(t)
+    (tmp_path / "compare.html").write_text(render(trainings, "wide"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_or_fail(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto((tmp_path / "compare.html").as_uri())
+        widths = page.evaluate(
+            "({page: document.documentElement.scrollWidth, window: window.innerWidth,"
+            " table: document.querySelector('table').scrollWidth})"
+        )
+        browser.close()
+    assert widths["page"] <= widths["window"] == 1400, widths

@@ -115,6 +115,46 @@ def _no_data(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     resolve_data_dir()
 
 
+def _prepare_folder(folder: Path) -> None:
+    from vae.data import read_dataset
+
+    read_dataset("folder", folder)
+
+
+def _folder_of(tmp: Path, change: Callable[[Path], None]) -> None:
+    """Prepare a folder of images (``tests/datasets.py``'s mixed one) after ``change`` broke it."""
+    from datasets import write_mixed_folder
+
+    change(write_mixed_folder(tmp / "pictures"))
+    _prepare_folder(tmp / "pictures")
+
+
+def _missing_cifar_batch(tmp: Path) -> None:
+    from datasets import write_cifar10
+
+    from vae.data import read_dataset
+
+    (write_cifar10(tmp / "cifar") / "cifar-10-batches-py" / "data_batch_3").unlink()
+    read_dataset("cifar10", tmp / "cifar")
+
+
+def _channels_mismatch(tmp: Path) -> None:
+    save_model(VAE(latent_dim=2, input_channels=1), Path("models/vae.pth"))
+    load_model(Path("models/vae.pth"), expected_channels=3)
+
+
+def _mixed_data(tool: str) -> Callable[[Path], None]:
+    """Rank two trainings, one on CIFAR-10 and one on a folder (compare), or two registered versions, one
+    on CIFAR-10 and one logged before runs were tagged with their data (promote)."""
+    from vae.tracking.data_tags import data_tags, mixed_data
+    from vae.tracking.registry import same_data
+
+    cifar, digits = data_tags("cifar10", 3), data_tags("folder", 1, "/data/digits", "0" * 32)
+    if tool == "compare":
+        return lambda tmp: _raise(UserError(mixed_data([("beta-500 (1a2b)", cifar), ("digits (3c4d)", digits)])))(tmp)
+    return lambda tmp: same_data([Candidate(1, "a" * 32, {}, {}, cifar), Candidate(2, "b" * 32, {}, {}, {})], None)
+
+
 def _wrong_magic(tmp: Path) -> None:
     folder = write_fashion_mnist(tmp / "idx", 8, 8)
     with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
@@ -243,6 +283,19 @@ REPRODUCE: dict[str, Callable] = {
     "unknown key `colour: red`": lambda tmp: _params_with(tmp, _set("colour", "red")),
     "`data.val_size` above the data": _val_size_above_data,
     "no data files": _no_data,
+    "`data.dataset: imagenet`": lambda tmp: _params_with(tmp, _set("data.dataset", "imagenet")),
+    "`data.dir` names no folder (`data.dataset: folder`)": lambda tmp: _prepare_folder(tmp / "nowhere"),
+    "an empty folder": lambda tmp: (tmp / "empty").mkdir() or _prepare_folder(tmp / "empty"),
+    "a class folder without images": lambda tmp: _folder_of(
+        tmp, lambda folder: [p.unlink() for p in (folder / "dog").iterdir()]
+    ),
+    "a file that is not an image": lambda tmp: _folder_of(
+        tmp, lambda folder: (folder / "cat" / "notes.png").write_text("not a picture")
+    ),
+    "a missing CIFAR-10 batch": _missing_cifar_batch,
+    "checkpoint of the other channel count": _channels_mismatch,
+    "`python -m vae.compare` of trainings on different data": _mixed_data("compare"),
+    "`python -m vae.tracking.promote` over versions on different data": _mixed_data("promote"),
     "IDX file with a wrong magic number": _wrong_magic,
     "truncated IDX file": _truncated_idx,
     "prepared tensors of the wrong shape": _wrong_shape,

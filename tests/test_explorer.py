@@ -110,7 +110,9 @@ def test_a_browser_shows_the_models_image_under_the_pointer(tmp_path: Path) -> N
 
     model, means, labels = model_and_means(3, n=2000)
     resolution, plane_range = 48, (-3.0, 3.0)
-    path = write_explorer(tmp_path / "explorer.html", model, means, labels, CLASS_NAMES, resolution, plane_range)
+    path = write_explorer(
+        tmp_path / "explorer.html", model, means, labels, CLASS_NAMES, resolution, plane_range, border=PAD
+    )
     plane = latent_plane(means)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_or_fail(), args=["--no-sandbox"])

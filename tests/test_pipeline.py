@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -501,3 +502,59 @@ def test_the_comparison_page_holds_every_training_and_marks_the_best(
         assert [name for name in table if table[name][column][1]] == [best], (column, values)
     [logged] = [r for r in mlflow_runs(project)[0] if r.data.tags.get("pipeline_stage") == "compare"]
     assert [a.path for a in client.list_artifacts(logged.info.run_id, "compare")] == ["compare/compare.html"]
+
+
+def test_cifar10_and_a_folder_of_digits_run_as_experiments_and_are_never_ranked_together(
+    reproduced: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The issue's two experiments, as a user types them: CIFAR-10 in torchvision's layout (tiny pickled
+    batches) and a folder of real images (scikit-learn's 1,797 8×8 digits as PNG class folders). Each
+    finishes with the model's input_channels right, colour (resp. gray) pictures, NELBO on validation
+    and test and tagged runs; compare refuses to mix them; one more picture makes prepare changed."""
+    from datasets import write_cifar10, write_digits_folder
+    from PIL import Image
+
+    from vae.storage import load_model
+
+    folders = {"cifar10": write_cifar10(tmp_path / "cifar", per_batch=60, n_test=200), "folder": tmp_path / "digits"}
+    write_digits_folder(folders["folder"])
+    for dataset, channels in (("cifar10", 3), ("folder", 1)):
+        name = f"on-{dataset}"
+        run(
+            ["dvc", "exp", "run", "-n", name, "-S", f"data.dataset={dataset}", "-S", f"data.dir={folders[dataset]}"],
+            reproduced,
+            env,
+        )
+        model, _ = load_model(reproduced / "models/vae.pth")
+        assert model.input_channels == channels
+        evaluation = json.loads((reproduced / "metrics/evaluate.json").read_text())
+        assert evaluation["val_nelbo"] > 0 and evaluation["test_nelbo"] > 0 and "val_knn_accuracy" in evaluation
+        picture = np.asarray(Image.open(reproduced / "outputs/evaluate/vae_reconstructions.png").convert("RGB"))
+        coloured = (picture.max(axis=2) != picture.min(axis=2)).any()
+        assert coloured == (channels == 3), dataset  # the originals row: CIFAR's colours, the digits' grays
+        [training] = [
+            r
+            for r in by_stage(runs_in(f"sqlite:///{reproduced}/mlflow.db")[0], "train")
+            if r.data.tags.get("dvc_exp_name") == name
+        ]
+        assert training.data.tags["dataset"] == dataset and training.data.tags["input_channels"] == str(channels)
+        assert {d.dataset.name for d in training.inputs.dataset_inputs} == {f"{dataset}-train", f"{dataset}-val"}
+    shown = run(
+        ["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", "Experiment|data.dataset|val_nelbo"], reproduced, env
+    )
+    rows = {row.split(",")[0]: row.split(",")[-1] for row in shown.splitlines()}  # data.dataset is the last column
+    assert rows["on-cifar10"] == "cifar10" and rows["on-folder"] == "folder", shown
+    refused = subprocess.run(
+        ["python", "-m", "vae.compare", "on-cifar10", "on-folder"],
+        cwd=reproduced,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "cannot rank trainings on different data together" in refused.stderr and "cifar10" in refused.stderr
+    assert "up to date" in run(["dvc", "status"], reproduced, env)  # the folder experiment is the workspace's
+    extra = folders["folder"] / "3" / "extra.png"
+    extra.write_bytes(next((folders["folder"] / "3").iterdir()).read_bytes())
+    assert "prepare:" in run(["dvc", "status"], reproduced, env)

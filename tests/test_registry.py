@@ -78,9 +78,7 @@ def test_every_training_run_registers_its_decoder_and_encoder(project: tuple[Pat
             assert version.tags["training_run_id"] == version.run_id
             assert version.tags.get("dvc_exp_name") == run_.data.tags.get("dvc_exp_name")
     # the version of the committed run names the same file as DVC's artifact, by the hash in dvc.lock
-    committed_md5 = next(
-        o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/vae.pth"
-    )
+    committed_md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/vae.pth")
     assert committed_md5 in {v.tags["checkpoint_md5"] for v in registry.search_model_versions(f"name = '{NAME}'")}
     # the evaluate stage's metrics are on each decoder version's MLflow model
     evaluations = evaluation_of(root)

@@ -54,7 +54,10 @@ def test_missing_data_source_lists_files(project: Path, monkeypatch: pytest.Monk
 
 
 def test_missing_model_for_evaluate(project: Path) -> None:
-    assert_one_line_error(run_command("evaluate", project), "evaluate: error:", "vae_fashion_mnist.pth")
+    for split in ("train", "val", "test"):  # prepared: what is missing is the model alone
+        images = ImageSplit(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.arange(4))
+        save_prepared(images, project / "data" / "prepared" / f"{split}.pt")
+    assert_one_line_error(run_command("evaluate", project), "evaluate: error:", "models/vae.pth", "not found")
 
 
 @pytest.mark.parametrize("content", ["", "not a run id!\n"])

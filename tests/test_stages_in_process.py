@@ -241,9 +241,7 @@ def test_mlflow_log_models_false_logs_the_checkpoint_alone(project: Path, log_mo
 
     client = mlflow.MlflowClient()
     run = client.get_run(paths.TRAIN_RUN_ID.read_text().strip())
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
-        "checkpoint/vae.pth"
-    ]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/vae.pth"]
     models = client.search_logged_models([run.info.experiment_id])
     logged = ["decoder-beta500-latent2", "encoder-beta500-latent2"]  # params.yaml's beta and latent_dim
     assert sorted(m.name for m in models) == (logged if log_models else [])

@@ -2,7 +2,8 @@
 
 The page (``explorer.html`` beside this module is its template) shows the test
 set's latent means coloured by class on the left and, on the right, the image
-decoded at the pointer (without the padding of 28 × 28 data sets), enlarged with square pixels. Nothing runs a model in the
+decoded at the pointer (without the padding of 28 × 28 data sets), enlarged with square
+pixels. Nothing runs a model in the
 browser: :func:`write_explorer` decodes a dense ``resolution × resolution`` grid
 over the shown square and embeds it as one PNG sprite, and the page shows the
 cell nearest the pointer. The page needs no network: its script, style, data and

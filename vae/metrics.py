@@ -1,6 +1,6 @@
 """Evaluation numbers that can be compared across β and latent sizes.
 
-All are computed on held-out images (N, 1, 32, 32) in [0, 1] (or uint8), in
+All are computed on held-out images (N, C, 32, 32) in [0, 1] (or uint8), in
 large batches under ``torch.inference_mode()``. The likelihoods treat each pixel
 as a Bernoulli variable with the grey level as its target — the same
 likelihood the training loss uses — so they are in nats per image and

@@ -37,7 +37,8 @@ SPLITS = {"val": "validation", "test": "test"}
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f4f4f4}
 td.best{font-weight:bold;background:#e6f4e6}td.label{text-align:left}img{image-rendering:pixelated;max-width:100%}
-.pictures td{vertical-align:top;text-align:center}.pictures img{max-width:360px}"""
+.pictures td{vertical-align:top;text-align:center}.pictures img{max-width:360px}
+.scroll{overflow-x:auto;max-width:100%}th{overflow-wrap:anywhere;max-width:9em}"""
 
 
 def _png(data: bytes) -> str:
@@ -109,15 +110,16 @@ def render(trainings: list[Training], title: str) -> str:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
             "<h2>Verdict</h2><p>Comparable across β; choose on validation, report test once. "
             "Best of each column in bold.</p>",
-            "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>",
+            # many params and metrics: the table scrolls within the window instead of widening the page
+            "<div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>",
             *rows,
-            "</table><h2>Validation NELBO per epoch</h2>",
+            "</table></div><h2>Validation NELBO per epoch</h2>",
             _png(curves(trainings)),
-            "<h2>Final pictures</h2><table class='pictures'><tr><th>training</th>"
+            "<h2>Final pictures</h2><div class='scroll'><table class='pictures'><tr><th>training</th>"
             + "".join(f"<th>{n}</th>" for n in PICTURES)
             + "</tr>",
             *pictures,
-            "</table></body></html>",
+            "</table></div></body></html>",
         ]
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vae.config import DATASETS, project_root  # data.dataset's choices: the readers below, in the order docs list them
 from vae.data import cifar, folder
 from vae.data.idx import (
     DEFAULT_DIR,
@@ -39,8 +40,6 @@ from vae.data.splits import (
     to_channels,
     to_float,
 )
-
-from vae.config import DATASETS, project_root  # data.dataset's choices: the readers below, in the order docs list them
 
 assert DATASETS == (*IDX_DATASETS, cifar.NAME, folder.NAME), "a data set of params.yaml without its reader"
 

@@ -54,7 +54,7 @@ def find_classes(directory: Path) -> tuple[str, ...]:
     classes = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if not classes:
         loose = any(_is_image(p) for p in directory.iterdir())
-        hint = "; one class? put them in a sub-folder, e.g. {}/all/".format(directory) if loose else ""
+        hint = f"; one class? put them in a sub-folder, e.g. {directory}/all/" if loose else ""
         raise DataError(f"{directory}: no class folders (expected {directory}/CLASS/IMAGE.png{hint})")
     return classes
 
@@ -112,8 +112,10 @@ def decode(data: bytes, path: Path) -> np.ndarray:
             else:
                 image = image.convert("RGB")
             return np.array(_shrink(image))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: not an image Pillow can read ({err})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image (Pillow recognises no image format in it)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # a known format, cut short or damaged
+        raise DataError(f"{path}: a damaged image Pillow cannot decode ({err})") from None
 
 
 def read_images(directory: Path, classes: tuple[str, ...]) -> tuple[list[np.ndarray], list[int], str, list[Path]]:

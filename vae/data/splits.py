@@ -30,8 +30,8 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
-# ITU-R 601-2 luma, the weights PIL's convert("L") uses: RGB → gray for data.channels = 1
-LUMA = (299, 587, 114)
+# ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B) in Pillow's fixed point (convert("L"): weights in 1/65536)
+LUMA = (19595, 38470, 7471)
 
 
 class DataError(UserError, ValueError):
@@ -89,7 +89,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     """uint8 images (N, C, H, W) with ``channels`` channels: gray repeated into RGB, or RGB to gray by
-    ITU-R 601-2 luma (PIL's ``convert("L")``: (299·R + 587·G + 114·B) / 1000, rounded)."""
+    ITU-R 601-2 luma, pixel for pixel what Pillow's ``convert("L")`` gives."""
     have = images.shape[1]
     if have == channels:
         return images
@@ -97,7 +97,7 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
         return images.expand(-1, 3, -1, -1).contiguous()
     if have == 3 and channels == 1:
         weights = torch.tensor(LUMA, dtype=torch.int32).view(1, 3, 1, 1)
-        return ((images.int() * weights).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").to(torch.uint8)
+        return (((images.int() * weights).sum(1, keepdim=True) + (1 << 15)) >> 16).to(torch.uint8)
     raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
 
 

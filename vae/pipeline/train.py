@@ -127,9 +127,7 @@ class Training:
         return metrics
 
 
-def start_training(
-    params: Params, train: ImageSplit, val: ImageSplit | None, device: torch.device
-) -> Training:
+def start_training(params: Params, train: ImageSplit, val: ImageSplit | None, device: torch.device) -> Training:
     """A fresh model for ``train``'s images (its channels), optimizer and batches for ``params``, seeded with
     train.seed; ``val``: the validation split (None: data.val_size is 0, no held-out metrics per epoch).
 

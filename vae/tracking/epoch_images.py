@@ -34,14 +34,14 @@ class EpochImages:
     """The fixed inputs of a run's per-epoch pictures, and how often they are logged."""
 
     codes: torch.Tensor  # (SAMPLES, latent_dim): the samples' z
-    originals: torch.Tensor  # (RECONSTRUCTIONS, 1, 32, 32) float in [0, 1]: the first held-out images
+    originals: torch.Tensor  # (RECONSTRUCTIONS, C, 32, 32) float in [0, 1]: the first held-out images
     grid_codes: torch.Tensor | None  # (grid_size², 2) over generate.grid_range, for latent_dim 2
     grid_size: int
     every: int  # log after every N-th epoch; 0: never
 
     @classmethod
     def for_run(cls, params: Params, images: torch.Tensor) -> EpochImages:
-        """The pictures of a run with ``params``, reconstructing the first of ``images`` (N, 1, 32, 32), uint8
+        """The pictures of a run with ``params``, reconstructing the first of ``images`` (N, C, 32, 32), uint8
         or float: the validation images (the training images with no validation split, never the test set)."""
         generator = torch.Generator().manual_seed(params.train.seed)
         codes = standard_normal((SAMPLES, params.latent_dim), "cpu", generator)

@@ -20,7 +20,7 @@ from vae.tracking.registry import DECODER, ENCODER, PART_TAG, encoder_name
 
 
 class EncoderMeans(nn.Module):
-    """The encoder's means: images (N, 1, 32, 32) in [0, 1] → latent means (N, latent_dim)."""
+    """The encoder's means: images (N, C, 32, 32) in [0, 1] → latent means (N, latent_dim)."""
 
     def __init__(self, encoder: VariationalEncoder) -> None:
         super().__init__()
@@ -86,8 +86,8 @@ def log_models(
     """Log the decoder and the encoder as MLflow models of the active run, and register both.
 
     ``mlflow.pytorch.load_model`` gives back a module: the decoder maps a latent
-    batch (N, latent_dim) to images (N, 1, 32, 32) in [0, 1], the encoder images
-    (N, 1, 32, 32) in [0, 1] to latent means (N, latent_dim); ``mlflow models
+    batch (N, latent_dim) to images (N, C, 32, 32) in [0, 1] (C: the model's input_channels), the encoder images
+    (N, C, 32, 32) in [0, 1] to latent means (N, latent_dim); ``mlflow models
     serve`` serves either, and MLflow rejects inputs of another shape (the
     signatures say so). With ``registered_model`` set, each becomes a new
     version of ``registered_model`` and of its ``-encoder``, tagged with

@@ -4,8 +4,8 @@ Each training run logs two MLflow models (:mod:`vae.tracking.logged_models`) and
 registers each as a new version, under the name ``mlflow.registered_model`` in params.yaml:
 
 - ``<name>``, the decoder: latent codes (N, latent_dim) float32 → images
-  (N, 1, 32, 32) in [0, 1];
-- ``<name>-encoder``, the encoder's means: images (N, 1, 32, 32) float32 in
+  (N, C, 32, 32) in [0, 1], C the training data's channels (1 gray, 3 colour);
+- ``<name>-encoder``, the encoder's means: images (N, C, 32, 32) float32 in
   [0, 1] → latent means (N, latent_dim), the embedding of an image.
 
 Both are exported graphs (``torch.export``), so loading or serving them needs

@@ -163,8 +163,9 @@ def stage_run(
     Every execution gets a run of its own, so an experiment that reruns
     evaluate alone (``dvc exp run -S evaluate.knn_k=7``) never writes into
     another execution's run. The run logs ``params`` (the params that shaped
-    its results) and ``tags`` (the data's: :mod:`vae.tracking.data_tags`), is a child of ``training_run_id`` (the run that made the
-    model, named by the train stage's run-id file), and its id is written to
+    its results) and ``tags`` (the data's: :mod:`vae.tracking.data_tags`), is a
+    child of ``training_run_id`` (the run that made the model, named by the train stage's
+    run-id file), and its id is written to
     ``run_id_file`` once the block ends without error. When the training run is
     not in this store (another ``MLFLOW_TRACKING_URI``), the run is logged
     without a parent and says so on stderr; the ``training_run_id`` tag keeps
