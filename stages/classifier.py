@@ -1,7 +1,7 @@
 """DVC stage classifier: the work is in vae.pipeline.classifier."""
 
 from vae.errors import run_command
-from vae.pipeline.classifier import main
+from vae.pipeline.classifier import RERUN, main
 
 if __name__ == "__main__":
-    run_command("classifier", main)
+    run_command("classifier", main, RERUN)

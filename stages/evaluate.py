@@ -1,7 +1,7 @@
 """DVC stage evaluate: the work is in vae.pipeline.evaluate."""
 
 from vae.errors import run_command
-from vae.pipeline.evaluate import main
+from vae.pipeline.evaluate import RERUN, main
 
 if __name__ == "__main__":
-    run_command("evaluate", main)
+    run_command("evaluate", main, RERUN)

@@ -8,6 +8,7 @@ import http.server
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -227,6 +228,33 @@ def not_mlflow() -> Iterator[str]:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 128 MB tmpfs at ``tmp_path/disk``, a real small file system to fill up (``fill``) or remount
+    read-only, unmounted at the end. Mounting needs root: skipped where it is refused, failed on CI (root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        why = f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): the full-disk tests need root"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI runs as root")
+        pytest.skip(why)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to its last ``leave`` bytes with one preallocated file, as ``fallocate`` makes it;
+    removing the file frees the space again."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        os.posix_fallocate(f.fileno(), 0, f.tell() + max(0, shutil.disk_usage(disk).free - leave))
+    return filler
 
 
 @dataclass(frozen=True)

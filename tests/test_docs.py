@@ -19,12 +19,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import idx_bytes, write_fashion_mnist
+from conftest import fill, idx_bytes, write_fashion_mnist
+from project import empty_mlflow_store
 
 from vae.config import load_params
 from vae.data import ImageSplit, read_split, resolve_data_dir
 from vae.errors import UserError
+from vae.faults import describe
 from vae.model import VAE
+from vae.pipeline import evaluate as evaluate_stage
+from vae.pipeline import generate as generate_stage
+from vae.pipeline import train as train_stage
 from vae.pipeline.dvc_yaml import stage_params
 from vae.pipeline.train import train_pipeline
 from vae.storage import load_model, load_prepared, save_model
@@ -155,6 +160,93 @@ def _mixed_data(tool: str) -> Callable[[Path], None]:
     return lambda tmp: same_data([Candidate(1, "a" * 32, {}, {}, cifar), Candidate(2, "b" * 32, {}, {}, {})], None)
 
 
+# --- faults of the machine: each made for real, its line as run_command says it for the stage -----------------
+
+
+def _training_state(epoch: int) -> None:
+    """Save a real resume state after ``epoch`` in ./checkpoints, as the train stage does."""
+    from vae.pipeline.resume import TrainState, save_state
+
+    model = VAE(latent_dim=2)
+    optimizer = torch.optim.Adam(model.parameters())
+    save_state(TrainState("fingerprint", epoch, model.state_dict(), optimizer.state_dict(), {}, {}, "0" * 32, None))
+
+
+def _disk_fills_in_training(tmp: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path) -> None:
+    monkeypatch.chdir(small_disk)
+    _training_state(1)
+    fill(small_disk, leave=0)
+    _training_state(2)  # PyTorch's zip writer: a RuntimeError whose context is the disk's ENOSPC
+
+
+def _disk_fills_in_sqlite(tmp: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_mlflow_store(small_disk))
+    client = mlflow.MlflowClient()
+    client.create_experiment("before")
+    fill(small_disk, leave=0)
+    client.create_experiment("after")
+
+
+def _disk_fills_in_a_picture(tmp: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from vae.generator import save_figure
+
+    monkeypatch.chdir(small_disk)
+    fill(small_disk, leave=0)
+    figure = plt.figure()
+    try:
+        save_figure(figure, Path("outputs/evaluate/vae_reconstructions.png"))
+    finally:
+        plt.close(figure)
+
+
+def _disk_too_small_for_training(tmp: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path) -> None:
+    from vae.pipeline.train import check_disk_space
+
+    monkeypatch.chdir(small_disk)
+    fill(small_disk, leave=100_000)
+    check_disk_space(VAE(latent_dim=2), Path("checkpoints"), log_models=True)
+
+
+def _read_only_outputs(tmp: Path, monkeypatch: pytest.MonkeyPatch, small_disk: Path) -> None:
+    from vae.storage import atomic_write
+
+    monkeypatch.chdir(small_disk)
+    Path("outputs/generate").mkdir(parents=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    atomic_write(Path("outputs/generate/vae_generated_samples.png"), lambda tmp: tmp.write_bytes(b"png"))
+
+
+def _out_of_gpu_memory_in_training(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae.pipeline import train
+
+    def step(*args: object, **kwargs: object) -> None:  # what a CUDA step raises when the batch does not fit
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    _training_state(1)
+    monkeypatch.setattr(train, "train_epoch", step)
+    images = ImageSplit(torch.zeros(256, 1, 32, 32, dtype=torch.uint8), torch.arange(256) % 10)
+    training = train.start_training(load_params(REPO / "params.yaml"), images, None, torch.device("cpu"))
+    training.train_epoch(2)
+
+
+def _out_of_memory_in_evaluate(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vae.pipeline import evaluate
+
+    def estimate(*args: object, **kwargs: object) -> None:  # the IW bound's K decodes of every image
+        raise MemoryError
+
+    monkeypatch.setattr(evaluate, "importance_weighted_log_likelihood", estimate)
+    split = ImageSplit(torch.zeros(20, 1, 32, 32, dtype=torch.uint8), torch.arange(20) % 10)
+    params = load_params(REPO / "params.yaml")
+    evaluate.evaluate_split(
+        VAE(latent_dim=2), None, torch.zeros(20, 2), split.labels, split, params, torch.device("cpu")
+    )
+
+
 def _wrong_magic(tmp: Path) -> None:
     folder = write_fashion_mnist(tmp / "idx", 8, 8)
     with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
@@ -269,6 +361,13 @@ def _refused(status: int, env: dict[str, str], what: str = "") -> Callable:
 
 
 REPRODUCE: dict[str, Callable] = {
+    "the disk fills during training (train)": _disk_fills_in_training,
+    "the disk fills while MLflow's SQLite store is written": _disk_fills_in_sqlite,
+    "the disk fills while a picture is written (evaluate)": _disk_fills_in_a_picture,
+    "the disk cannot hold a training (train, before it starts)": _disk_too_small_for_training,
+    "a read-only `outputs/` (generate)": _read_only_outputs,
+    "GPU memory runs out (train)": _out_of_gpu_memory_in_training,
+    "memory runs out (evaluate)": _out_of_memory_in_evaluate,
     "`epochs: ten`": lambda tmp: _params_with(tmp, _set("epochs", "ten")),
     "`beta: high`": lambda tmp: _params_with(tmp, _set("beta", "high")),
     "`epochs: 0`": lambda tmp: _params_with(tmp, _set("epochs", 0)),
@@ -327,11 +426,22 @@ REPRODUCE: dict[str, Callable] = {
     "unreachable `RAY_ADDRESS`": lambda tmp: check_reachable("127.0.0.1:1"),
 }
 
+# the faults of the machine among the rows: what the stage says after one (run_command prints describe's line)
+FAULTS = {
+    "the disk fills during training (train)": train_stage.RERUN,
+    "the disk fills while MLflow's SQLite store is written": evaluate_stage.RERUN,
+    "the disk fills while a picture is written (evaluate)": evaluate_stage.RERUN,
+    "a read-only `outputs/` (generate)": generate_stage.RERUN,
+    "GPU memory runs out (train)": train_stage.RERUN,
+    "memory runs out (evaluate)": evaluate_stage.RERUN,
+}
+
 
 def bad_input_table() -> list[tuple[str, str]]:
+    """The rows of both tables of docs/reliability.md: the bad inputs and the faults of the machine."""
     text = (REPO / "docs" / "reliability.md").read_text()
     rows = re.findall(r"(?m)^\| (.+?) \| `(.+?)`(?: \(.*\))? \|$", text)
-    return [(bad, message) for bad, message in rows if bad != "bad input"]
+    return [(bad, message) for bad, message in rows if bad not in ("bad input", "fault")]
 
 
 def test_every_row_of_the_bad_input_table_is_reproduced() -> None:
@@ -362,11 +472,14 @@ def test_the_bad_input_tables_messages_are_the_real_ones(
     fixtures = [request.getfixturevalue(name) for name in list(inspect.signature(reproduce).parameters)[1:]]
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(UserError) as raised:
+    with pytest.raises(Exception if bad in FAULTS else UserError) as raised:
         reproduce(tmp_path, *fixtures)
-    # "…" in the table stands for a folder (or a list) that differs between machines
+    # a fault of the machine is the real exception (never a UserError): its line is what run_command prints
+    assert bad not in FAULTS or not isinstance(raised.value, UserError), raised.value
+    real = describe(raised.value, FAULTS[bad]) if bad in FAULTS else str(raised.value)
+    # "…" in the table stands for a folder (or a list, a size) that differs between machines
     pattern = ".*?".join(re.escape(part) for part in documented.split("…"))
-    assert re.fullmatch(pattern, str(raised.value)), f"\ndocumented: {documented}\nreal:       {raised.value}"
+    assert real and re.fullmatch(pattern, real), f"\ndocumented: {documented}\nreal:       {real}"
 
 
 # --- every fenced command names files, modules, params and flags that exist ----------------------------------

@@ -8,8 +8,13 @@ names the culprit (file, param, value, URI) and what to do about it.
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vae.faults import Rerun
 
 
 class UserError(Exception):
@@ -22,9 +27,11 @@ def one_line(err: BaseException) -> str:
     return str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def run_command(name: str, main: Callable[[], None]) -> None:
+def run_command(name: str, main: Callable[[], None], rerun: Rerun | None = None) -> None:
     """Run a stage's or command's ``main``; a user's mistake (:class:`UserError`) ends it with one line
-    on stderr and exit status 1. Any other exception is a bug and keeps its traceback.
+    on stderr and exit status 1, and so does a fault of the machine (a full disk, a folder that cannot
+    be written, memory run out: :mod:`vae.faults`), saying what to do and then ``rerun``. Any other
+    exception is a bug and keeps its traceback.
 
     Output is line-buffered: Python block-buffers stdout into a file or pipe, which would hold
     every per-epoch line of ``dvc repro > run.log`` (or ``| tee``, or a CI log) until the stage ends.
@@ -34,9 +41,21 @@ def run_command(name: str, main: Callable[[], None]) -> None:
     which took 2.5 of a generate stage's 11.5 s here (``python -X importtime`` shows what they are).
     """
     sys.stdout.reconfigure(line_buffering=True)
+    # MLflow's SQLAlchemy store logs every database error with its traceback and then raises it: the error
+    # reaches this function either way (a bug keeps its traceback), so the log only doubled it, and for a
+    # full disk buried the one line below under two tracebacks
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     gc.freeze()
     try:
         main()
     except UserError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # MemoryError included
+        from vae.faults import Rerun, describe
+
+        line = describe(err, rerun or Rerun())
+        if line is None:
+            raise
+        print(f"{name}: error: {line}", file=sys.stderr)
         sys.exit(1)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from vae.data import load_fashion_mnist
 from vae.errors import run_command
+from vae.faults import Rerun
 from vae.generator import (
     encode_means,
     generate_samples,
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_command("example", main)
+    run_command("example", main, Rerun(command="python -m vae.example"))

@@ -18,6 +18,7 @@ import torch
 
 from vae.data import CLASS_NAMES, FASHION_MNIST, DataError, ImageSplit
 from vae.errors import UserError
+from vae.faults import name_the_file
 from vae.model import IMAGE_SIZE, VAE
 
 
@@ -39,20 +40,27 @@ def file_md5(path: Path | str) -> str:
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    # mkstemp makes the file private (0600); give it the permissions an ordinary open() would
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    Cut short (a kill, a full disk, a folder that cannot be written), it leaves the previous file or none,
+    never half of one, and the temporary file is removed; a disk fault's error names ``path``
+    (:func:`vae.faults.name_the_file`), whatever file object the writer held.
+    """
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp makes the file private (0600); give it the permissions an ordinary open() would
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb") as written:  # on disk before the rename, so a power cut cannot expose an empty file
             os.fsync(written.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        name_the_file(err, path)
         raise
 
 

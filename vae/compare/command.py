@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vae.errors import run_command
+from vae.faults import Rerun
+from vae.tracking.store import sqlite_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         write_page(args.names, args.out, log=args.log)
 
-    run_command("compare", run)
+    run_command("compare", run, Rerun(command="python -m vae.compare " + " ".join(args.names), store=sqlite_file))
 
 
 if __name__ == "__main__":

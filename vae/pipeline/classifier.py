@@ -17,10 +17,14 @@ from vae.classifier import (
     train_classifier,
 )
 from vae.config import load_params
+from vae.faults import Rerun
 from vae.pipeline import paths
 from vae.pipeline.runner import write_json
 from vae.storage import load_prepared
 from vae.utils import get_device, set_seed
+
+# what the classifier stage says after a fault of the machine (vae.faults)
+RERUN = Rerun(batch_param="classifier.batch_size")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from vae.batches import TensorBatches
 from vae.classifier import ImageClassifier, features, load_classifier
 from vae.config import Params, load_params
 from vae.data import ImageSplit
+from vae.faults import Rerun
 from vae.generator import encode_means, generate_samples, plot_latent_space, visualize_reconstruction
 from vae.metrics import active_units, frechet_distance, importance_weighted_log_likelihood, knn_accuracy, negative_elbo
 from vae.model import VAE
@@ -25,7 +26,7 @@ from vae.storage import load_model, load_prepared
 from vae.tracking.datasets import log_dataset, split_tags
 from vae.tracking.registry import decoder_model_id
 from vae.tracking.runs import log_verdict, read_run_id, stage_run
-from vae.tracking.store import check_tracking_store
+from vae.tracking.store import check_tracking_store, sqlite_file
 from vae.trainer import evaluate_vae
 from vae.utils import batch_images, get_device, set_seed
 
@@ -42,6 +43,10 @@ SPLIT_METRICS = (
 )
 # the training objective with the configured β, on test (train.json has validation's, per epoch)
 LOSS_NAMES = ("test_loss", "test_reconstruction_loss", "test_kl_loss")
+
+
+# what the evaluate stage says after a fault of the machine (vae.faults)
+RERUN = Rerun(batch_param="evaluate.batch_size", store=sqlite_file)
 
 
 def evaluate_split(

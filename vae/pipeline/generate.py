@@ -14,6 +14,7 @@ from vae import fast_cpu
 from vae.config import load_params
 from vae.data import border
 from vae.explorer import latent_plane, write_explorer
+from vae.faults import Rerun
 from vae.generator import (
     decode_latents,
     encode_means,
@@ -28,8 +29,11 @@ from vae.pipeline.dvc_yaml import lineage_params, select
 from vae.storage import load_model, load_prepared
 from vae.tracking.datasets import split_tags
 from vae.tracking.runs import read_run_id, stage_run
-from vae.tracking.store import check_tracking_store
+from vae.tracking.store import check_tracking_store, sqlite_file
 from vae.utils import get_device, set_seed
+
+# what the generate stage says after a fault of the machine (vae.faults)
+RERUN = Rerun(batch_param="generate.explorer_resolution", store=sqlite_file)
 
 
 def main() -> None:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from vae.config import ParamsError, load_params
 from vae.data import DataError, read_dataset, split_validation
+from vae.faults import Rerun
 from vae.pipeline import paths
 from vae.storage import save_prepared
+
+# what the prepare stage says after a fault of the machine (vae.faults)
+RERUN = Rerun()
 
 
 def main() -> None:

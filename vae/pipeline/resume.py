@@ -108,5 +108,13 @@ def load_state(expected_fingerprint: str, path: Path = STATE_FILE) -> tuple[Trai
     return state, f"resuming after epoch {state.epoch} from {path}"
 
 
+def saved_epoch(path: Path = STATE_FILE) -> int:
+    """The last epoch the state at ``path`` holds; 0 when there is none (or it cannot be read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # missing or unreadable: a rerun starts from epoch 1
+        return 0
+
+
 def clear_state(path: Path = STATE_FILE) -> None:
     path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from vae import fast_cpu
 from vae.batches import TensorBatches
 from vae.config import Params, ParamsError, load_params
 from vae.data import ImageSplit
+from vae.faults import NotEnoughSpace, Rerun, free_space, human_size
 from vae.model import VAE
 from vae.pipeline import paths
 from vae.pipeline.dvc_yaml import lineage_params, select, stage_params
@@ -32,6 +33,7 @@ from vae.pipeline.resume import (
     restore_rng,
     rng_state,
     save_state,
+    saved_epoch,
 )
 from vae.pipeline.runner import write_history_csv, write_json
 from vae.storage import file_md5, load_prepared, save_model
@@ -39,7 +41,7 @@ from vae.tracking.datasets import log_dataset, split_tags
 from vae.tracking.epoch_images import EpochImages, pictured_epoch
 from vae.tracking.logged_models import log_models
 from vae.tracking.runs import GIT_COMMIT_TAG, logged_epochs, run_name, run_tags, setup_experiment, ui_link, write_run_id
-from vae.tracking.store import check_tracking_store, is_server, lost_server_reported, tracking_uri
+from vae.tracking.store import check_tracking_store, is_server, lost_server_reported, sqlite_file, tracking_uri
 from vae.trainer import (
     configure_performance,
     make_optimizer,
@@ -49,6 +51,35 @@ from vae.trainer import (
     train_epoch,
 )
 from vae.utils import DeviceError, get_device, set_seed
+
+
+def resume_note() -> str:
+    """What rerunning the train stage does now: resume after the last saved epoch, or start afresh."""
+    epoch = saved_epoch()
+    return f"it resumes after epoch {epoch}" if epoch else "it starts from epoch 1"
+
+
+# what the train stage says after a fault of the machine (vae.faults): rerun, and where it goes on from
+RERUN = Rerun(resume=resume_note, batch_param="train.batch_size", store=sqlite_file)
+
+
+def check_disk_space(model: VAE, folder: Path, log_models: bool) -> None:
+    """Stop before any work when ``folder``'s disk cannot hold what training writes there: the resume state
+    (weights and Adam's two moments, twice while a new one replaces the old), the model, MLflow's copy
+    of it and, with ``log_models``, its exported halves; and a megabyte for pictures and the MLflow store.
+
+    Raises:
+        NotEnoughSpace: with the free space and what is needed.
+    """
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = weights * (6 + 1 + 1 + (2 if log_models else 0)) + 1_000_000
+    free = free_space(folder)
+    if free < needed:
+        raise NotEnoughSpace(
+            f"{folder.absolute()}: {human_size(free)} free on its disk; training writes about "
+            f"{human_size(needed)} there (its resume state, the model and MLflow's copies): free space, "
+            "then rerun `dvc repro`"
+        )
 
 
 def training_settings(params: Params, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
@@ -176,6 +207,7 @@ def train_pipeline(
     """
     check_tracking_store()  # before any work: an unreachable server fails in seconds
     training = start_training(params, train, val, device)
+    check_disk_space(training.model, state_file.parent, params.mlflow.log_models)  # not after an epoch
     run_fingerprint = fingerprint(training_settings(params), prepared_files)
     state, note = load_state(run_fingerprint, state_file)
     print(f"train: {note}")

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vae.errors import run_command
+from vae.faults import Rerun
+from vae.tracking.store import sqlite_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -55,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         storage = (args.storage or sweeping.default_storage()).resolve()
         sweeping.run_sweep(sweep, address, storage, args.run_best)
 
-    run_command("sweep", run)
+    # run again, the same command continues the sweep where the fault stopped it, as after a kill
+    again = Rerun(command=f"python -m vae.sweep {args.sweep}", batch_param="train.batch_size", store=sqlite_file)
+    run_command("sweep", run, again)
 
 
 if __name__ == "__main__":

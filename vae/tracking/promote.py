@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from vae.config import PARAMS_FILE, load_params
 from vae.errors import run_command
+from vae.faults import Rerun
 from vae.tracking.registry import ALIAS, DEFAULT_METRIC, RegistryError, format_promotion, promote, ranking_metrics
-from vae.tracking.store import check_tracking_store
+from vae.tracking.store import check_tracking_store, sqlite_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.set_tracking_uri(check_tracking_store())
         print(format_promotion(promote(name, args.metric, args.alias, args.dataset), args.alias))
 
-    run_command("promote", run)
+    run_command("promote", run, Rerun(command="python -m vae.tracking.promote", store=sqlite_file))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_FILE}"
 
 
+def sqlite_file() -> str | None:
+    """The tracking store's SQLite file, when it is one: named when the disk holding it fills (vae.faults)."""
+    uri = tracking_uri()
+    return uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+
+
 class TrackingError(UserError, RuntimeError):
     """The MLflow tracking store cannot be used; the message names the URI."""
 
