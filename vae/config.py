@@ -126,6 +126,7 @@ class EvaluateParams(_Section):
     knn_k: Annotated[int, Field(ge=1, le=100)]  # neighbours of the latent-space classifier
     fd_samples: Annotated[int, Field(ge=2)]  # generated samples for the Fréchet distance
     seed: Annotated[int, Field(ge=0)]  # of the noise of the sampled metrics (losses, NELBO, IW, FD samples)
+    precision: Literal[PRECISIONS]  # the decoder's passes of NELBO and the IW bound (see vae.metrics)
 
 
 class ClassifierParams(_Section):
