@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from machine import cpu_name  # benchmarks/machine.py: run as scripts, beside it
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "classifier", "evaluate", "generate")
@@ -144,13 +144,6 @@ def evaluate_work(root: Path, iw_images: int) -> tuple[dict[str, float], dict[st
         seconds = timed(importance_weighted_log_likelihood, model, images, cfg.iw_samples, generator=noise, **options)
         speed[path] = decodes / seconds[1]
     return pieces, speed, precision
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_name  # benchmarks/machine.py: run as scripts, beside it
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +39,6 @@ def write_jpegs(folder: Path, images: int, size: int, classes: int) -> None:
         if index < classes:
             target.mkdir(parents=True)
         pictures[index % len(pictures)].save(target / f"{index:06d}.jpg", quality=90)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

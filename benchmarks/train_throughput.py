@@ -38,7 +38,6 @@ import gzip
 import itertools
 import json
 import multiprocessing as mp
-import platform
 import resource
 import shutil
 import statistics
@@ -48,6 +47,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py: run as scripts, beside it
 
 from vae import fast_cpu
 from vae.config import PRECISIONS
@@ -207,7 +207,7 @@ def main() -> None:
 
     source = resolve_data_dir(cli.data)
     cli.precision = resolve_precision(cli.precision, torch.device(cli.device))
-    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else _cpu_name()
+    name = torch.cuda.get_device_name() if cli.device.startswith("cuda") else cpu_name()
     print(f"device: {cli.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"CPU: {_cpu_features()}")
     print(
@@ -259,16 +259,6 @@ def _measure(cli: argparse.Namespace, source: Path, channels: int) -> dict:
         print(f"  {label + ':':36s} {speed[path]:10.0f} images/s   peak {memory} {peak[path]:8.1f} MiB")
     print(f"  ratio b/a: {speed['project'] / speed['usual']:.2f}x")
     return {"images_per_s": speed, "peak_mb": peak, "rounds": results}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _cpu_features() -> str:
