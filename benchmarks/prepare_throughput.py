@@ -53,12 +53,19 @@ def main() -> None:
         (project / "stages").mkdir(parents=True)
         shutil.copy(REPO / "stages" / "prepare.py", project / "stages" / "prepare.py")
         params = yaml.safe_load((REPO / "params.yaml").read_text())
-        params["data"].update(dataset="folder", dir=str(folder))
+        # the default validation split, or a tenth of a smaller folder's images
+        params["data"].update(
+            dataset="folder", dir=str(folder), val_size=min(params["data"]["val_size"], args.images // 10)
+        )
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = os.environ | {"PYTHONPATH": str(REPO)}
         started = time.perf_counter()
-        subprocess.run([sys.executable, "stages/prepare.py"], cwd=project, env=env, check=True, capture_output=True)
+        done = subprocess.run(
+            [sys.executable, "stages/prepare.py"], cwd=project, env=env, capture_output=True, text=True
+        )
         seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            sys.exit(f"benchmark: error: the prepare stage failed: {done.stderr.strip()[-2000:]}")
     print(f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"prepare: {args.images} {args.size}×{args.size} JPEGs in {args.classes} classes → 32×32 tensors")
     print(f"  {seconds:.1f} s, {args.images / seconds:,.0f} images/s (the stage's process, start to exit)")
