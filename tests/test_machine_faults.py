@@ -23,17 +23,10 @@ from conftest import fill
 from PIL import Image
 from project import mlflow_runs, new_project, readme_layout, run, set_params
 
-from vae.pipeline.resume import STATE_FILE
+from vae.pipeline.resume import STATE_FILE, saved_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
-
-
-def saved_epoch(root: Path) -> int:
-    try:
-        return torch.load(root / STATE_FILE, weights_only=True)["epoch"]
-    except Exception:  # not written yet
-        return 0
 
 
 def one_error_line(output: str, stage: str) -> str:
@@ -69,7 +62,7 @@ def test_a_disk_that_fills_up_stops_each_writer_in_one_line_and_the_rerun_goes_o
         ["dvc", "repro", "train"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 300
-    while saved_epoch(root) < 1:
+    while saved_epoch(root / STATE_FILE) < 1:
         assert training.poll() is None, training.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no epoch saved within 300 s"
         time.sleep(0.01)
@@ -77,7 +70,7 @@ def test_a_disk_that_fills_up_stops_each_writer_in_one_line_and_the_rerun_goes_o
     output = training.communicate(timeout=300)[0]
     assert training.returncode != 0
     line = one_error_line(output, "train")
-    saved = saved_epoch(root)
+    saved = saved_epoch(root / STATE_FILE)
     assert 1 <= saved < EPOCHS and "no space left on the disk writing" in line and " free)" in line, line
     assert line.endswith(f"free space, then rerun `dvc repro`: it resumes after epoch {saved}"), line
     print(line)

@@ -19,7 +19,7 @@ from conftest import write_fashion_mnist
 from project import empty_mlflow_store
 
 from vae.data import read_split
-from vae.pipeline.resume import STATE_FILE
+from vae.pipeline.resume import STATE_FILE, saved_epoch
 from vae.storage import save_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,19 +56,12 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fashion_mnist(tmp_path_factory.mktemp("idx"), n_train=1536, n_test=256)
 
 
-def saved_epoch(root: Path) -> int:
-    try:
-        return torch.load(root / STATE_FILE, weights_only=True)["epoch"]
-    except Exception:  # not written yet
-        return 0
-
-
 def start_and_stop_mid_epoch(root: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
     process = subprocess.Popen(
         TRAIN, cwd=root, env=env_for(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 180
-    while saved_epoch(root) < 1:
+    while saved_epoch(root / STATE_FILE) < 1:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no epoch finished within 180 s"
         time.sleep(0.01)
@@ -90,7 +83,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(tmp_path: Path
     killed = make_project(tmp_path / "killed", source, batch_size=32, epochs=EPOCHS)
     result = start_and_stop_mid_epoch(killed, signal.SIGKILL)
     assert result.returncode == -signal.SIGKILL
-    finished = saved_epoch(killed)
+    finished = saved_epoch(killed / STATE_FILE)
     assert 1 <= finished < EPOCHS and not (killed / "models/vae.pth").exists()
 
     resumed = subprocess.run(TRAIN, cwd=killed, env=env_for(killed), capture_output=True, text=True)
@@ -115,7 +108,7 @@ def test_ctrl_c_stops_with_a_resume_hint(tmp_path: Path, source: Path) -> None:
     result = start_and_stop_mid_epoch(root, signal.SIGINT)
     assert result.returncode == 130, result.stderr
     assert "interrupted" in result.stderr and "to resume" in result.stderr and "Traceback" not in result.stderr
-    assert saved_epoch(root) >= 1
+    assert saved_epoch(root / STATE_FILE) >= 1
 
 
 @pytest.mark.slow
@@ -170,5 +163,5 @@ def test_non_finite_loss_keeps_the_last_good_state(
     files = [Path("data/prepared/train.pt"), Path("data/prepared/val.pt")]
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
         train_pipeline(load_params(), *(load_prepared(f) for f in files), torch.device("cpu"), files)
-    assert saved_epoch(root) == 1  # the last good epoch's checkpoint is kept
+    assert saved_epoch(root / STATE_FILE) == 1  # the last good epoch's checkpoint is kept
     assert not (root / "models/vae.pth").exists()
