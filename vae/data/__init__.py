@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vae.config import DATASETS, project_root  # data.dataset's choices: the readers below, in the order docs list them
+from vae.config import DATASETS  # data.dataset's choices: the readers below, in the order docs list them
 from vae.data import cifar, folder
 from vae.data.idx import (
     DEFAULT_DIR,
@@ -22,6 +22,7 @@ from vae.data.idx import (
     IDX_DATASETS,
     PAD,
     SPLIT_FILES,
+    given_folder,
     load_fashion_mnist,
     locate,
     pad_images,
@@ -92,8 +93,8 @@ def read_dataset(
     """
     if dataset not in DATASETS:
         raise DataError(f"data.dataset = {dataset!r} is not a data set here: choose one of {', '.join(DATASETS)}")
-    given = Path(directory if directory is not None else DEFAULT_DIR).expanduser()
-    root = given if given.is_absolute() else project_root() / given
+    given = directory if directory is not None else DEFAULT_DIR
+    root, _ = given_folder(given, "data.dir")
     skipped: list[Path] = []
     if dataset in IDX_DATASETS:
         source = locate(IDX_DATASETS[dataset], given, download)
@@ -101,7 +102,7 @@ def read_dataset(
     elif dataset == cifar.NAME:
         train, test = cifar.read(root, download)
     else:
-        train, test, skipped = folder.read(root, channels, test_size)
-    if channels != "auto":
+        train, test, skipped = folder.read(root, test_size)
+    if channels != "auto":  # one conversion for every source: gray repeated into RGB, or RGB to luma
         train, test = (split.with_images(to_channels(split.images, int(channels))) for split in (train, test))
     return train, test, skipped

@@ -11,9 +11,9 @@
   ``CenterCrop(32)`` do it: the shorter side scaled to 32 pixels (bilinear, antialiased), then the
   centre 32×32 kept.
 - **Mode**: any Pillow reads. Gray images (modes ``1``, ``L``, ``LA``, ``I``, ``I;16``) stay
-  gray; the rest become RGB (an alpha channel is dropped, a palette looked up). ``data.channels``
-  ``auto`` gives 1 channel when every image is gray, else 3; 1 or 3 converts
-  (:func:`vae.data.splits.to_channels`).
+  gray; the rest become RGB (an alpha channel is dropped, a palette looked up). The folder's
+  channels are 1 when every image is gray, else 3 (``data.channels: auto``; 1 or 3 converts, in
+  :func:`vae.data.read_dataset`, as for every source).
 
 The split's ``source_digest`` is an MD5 of every image's path (relative to ``DIR``) and bytes:
 the folder's identity, recorded with the MLflow runs trained on it.
@@ -135,31 +135,18 @@ def read_images(directory: Path, classes: tuple[str, ...]) -> tuple[list[np.ndar
     return pixels, labels, digest.hexdigest(), skipped
 
 
-def _stack(pixels: list[np.ndarray], channels: int) -> torch.Tensor:
-    """Images (32, 32) or (32, 32, 3) as one uint8 tensor (N, channels, 32, 32): gray ones repeated
-    into RGB, colour ones to luma (``convert("L")``'s weights) for 1 channel."""
-    from vae.data.splits import to_channels
-
-    out = torch.empty((len(pixels), channels, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    for i, image in enumerate(pixels):
-        tensor = torch.from_numpy(image)
-        tensor = tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-        out[i] = to_channels(tensor.unsqueeze(0), channels)[0]
-    return out
+def _stack(pixels: list[np.ndarray]) -> torch.Tensor:
+    """Images (32, 32) or (32, 32, 3) as one uint8 tensor (N, C, 32, 32): C = 1 when every image is gray,
+    else 3, the gray ones repeated into R, G and B (what ``data.channels: auto`` asks for)."""
+    if all(image.ndim == 2 for image in pixels):
+        return torch.from_numpy(np.stack(pixels)[:, None])
+    colour = [np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image for image in pixels]
+    return torch.from_numpy(np.stack(colour)).permute(0, 3, 1, 2).contiguous()
 
 
-def channels_of(pixels: list[np.ndarray], wanted: str | int) -> int:
-    """``data.channels``: 1 or 3 as asked; ``auto``: 1 when every image is gray, else 3."""
-    if wanted != "auto":
-        return int(wanted)
-    return 1 if all(image.ndim == 2 for image in pixels) else 3
-
-
-def read(
-    directory: Path, channels: str | int = "auto", test_size: int | None = None
-) -> tuple[ImageSplit, ImageSplit, list[Path]]:
-    """The training and test splits of the folder ``directory`` (see the module docstring), and the
-    files skipped for their extension.
+def read(directory: Path, test_size: int | None = None) -> tuple[ImageSplit, ImageSplit, list[Path]]:
+    """The training and test splits of the folder ``directory`` (see the module docstring) in the data's
+    own channels (1 when every image is gray, else 3), and the files skipped for their extension.
 
     Raises:
         DataError: a missing or empty folder, a class without images, a file that is not an image,
@@ -177,14 +164,13 @@ def read(
         pixels, labels = train_pixels + test_pixels, train_labels + test_labels
         digest = hashlib.md5(f"{train_digest}{test_digest}".encode()).hexdigest()
         skipped += skipped_test
-        is_test = torch.zeros(len(pixels), dtype=torch.bool)
-        is_test[len(train_pixels) :] = True
-        rest, test = torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+        rest, test = torch.arange(len(train_pixels)), torch.arange(len(train_pixels), len(pixels))
     else:
         classes = find_classes(directory)
         pixels, labels, digest, skipped = read_images(directory, classes)
         size = test_size if test_size is not None else max(len(classes), math.ceil(len(pixels) * TEST_FRACTION))
         rest, test = stratified_split(torch.tensor(labels), size, TEST_SEED, "data.test_size", "test")
-    images = _stack(pixels, channels_of(pixels, channels))
-    whole = ImageSplit(images, torch.tensor(labels, dtype=torch.int64), classes, NAME, str(directory.resolve()), digest)
+    whole = ImageSplit(
+        _stack(pixels), torch.tensor(labels, dtype=torch.int64), classes, NAME, str(directory.resolve()), digest
+    )
     return whole.subset(rest), whole.subset(test), skipped

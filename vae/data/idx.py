@@ -139,8 +139,9 @@ def _download(directory: Path, spec: IdxDataset = FASHION_MNIST_IDX) -> None:
         dataset(root=str(directory), train=train, download=True)
 
 
-def _given_folder(given: Path | str, why: str) -> tuple[Path, str]:
-    """A folder named by the user: relative ones are read against the project root."""
+def given_folder(given: Path | str, why: str) -> tuple[Path, str]:
+    """A folder the user named (``data.dir``, an environment variable), and ``why`` it is looked in, saying
+    so when a relative one is read against the project root."""
     folder = Path(given).expanduser()
     if folder.is_absolute():
         return folder, why
@@ -156,11 +157,11 @@ def locate(spec: IdxDataset, directory: Path | str | None, download: bool = True
             and how to supply it.
     """
     if spec.env_var and os.environ.get(spec.env_var):
-        folder, why = _given_folder(os.environ[spec.env_var], f"from {spec.env_var}")
+        folder, why = given_folder(os.environ[spec.env_var], f"from {spec.env_var}")
         if missing := _missing(folder, spec):
             raise _missing_data_error(folder, missing, why, spec, from_env=True)
         return folder
-    folder, why = _given_folder(directory if directory is not None else DEFAULT_DIR, "data.dir")
+    folder, why = given_folder(directory if directory is not None else DEFAULT_DIR, "data.dir")
     missing = _missing(folder, spec)
     if missing and download:
         print(f"data: {spec.title} not in {folder}: downloading it with torchvision", flush=True)
