@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python benchmarks/gpu_check.py` from a checkout
 sys.path.insert(0, str(REPO / "benchmarks"))  # and its sibling train_throughput.py
 
+from copies import project_copy  # noqa: E402 (benchmarks/copies.py)
+
 from vae.data import resolve_data_dir  # noqa: E402
 from vae.errors import run_command  # noqa: E402
 from vae.utils import get_device  # noqa: E402
@@ -57,26 +59,18 @@ def sh(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 900)
     return result.stdout, time.perf_counter() - started
 
 
-def project_copy(folder: Path, small: bool, env: dict[str, str]) -> Path:
-    """This project's tracked files in ``folder``, a git repository of its own; small params for --small."""
-    root = folder / "project"
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_bytes((REPO / name).read_bytes())
-    if small:
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        params.update(epochs=1)
-        params["data"].update(val_size=256, train_limit=512, test_limit=256)
-        params["classifier"].update(epochs=1, min_accuracy=0.0)
-        params["evaluate"].update(iw_samples=4, fd_samples=256)
-        params["mlflow"].update(log_images_every=0)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
-        sh(command, root, env)
-    sh(["git", "-c", "user.name=gpu_check", "-c", "user.email=gpu@check", "commit", "-qm", "gpu_check"], root, env)
-    return root
+# --small: the same steps on a few hundred images, one epoch (a CPU's default)
+SMALL = {
+    "epochs": 1,
+    "data.val_size": 256,
+    "data.train_limit": 512,
+    "data.test_limit": 256,
+    "classifier.epochs": 1,
+    "classifier.min_accuracy": 0.0,
+    "evaluate.iw_samples": 4,
+    "evaluate.fd_samples": 256,
+    "mlflow.log_images_every": 0,
+}
 
 
 def training_run_seconds(root: Path) -> float:
@@ -216,7 +210,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
-        root = project_copy(Path(folder), small, env)
+        root = project_copy(Path(folder) / "project", SMALL if small else {})
         for stage in STAGES:
             _, seconds = sh(["dvc", "repro", "-s", stage], root, env)
             rows.append((f"dvc repro -s {stage}", f"{seconds:.1f} s", ""))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,39 +31,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from copies import project_copy  # benchmarks/copies.py
 from machine import cpu_name  # benchmarks/machine.py: run as scripts, beside it
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "classifier", "evaluate", "generate")
-
-
-def copy_project(dest: Path, changes: list[str]) -> None:
-    """The files git would clone, as a new git + DVC repository with ``changes`` (KEY=VALUE) in params.yaml."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for change in changes:
-        dotted, value = change.split("=", 1)
-        *sections, key = dotted.split(".")
-        target = params
-        for section in sections:
-            target = target[section]
-        target[key] = yaml.safe_load(value)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "benchmark"],
-    ):
-        subprocess.run(command, cwd=dest, check=True, capture_output=True)
 
 
 def environment() -> dict[str, str]:
@@ -156,7 +127,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vae-pipeline-bench-") as tmp:
         root = Path(tmp) / "project"
-        copy_project(root, args.set)
+        project_copy(root, {k: yaml.safe_load(v) for k, v in (change.split("=", 1) for change in args.set)})
         stages = time_stages(root)
         pieces, speed, precision = evaluate_work(root, args.iw_images)
     ratio = speed["pipeline"] / speed["before: fp32"]
