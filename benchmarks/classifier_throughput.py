@@ -1,10 +1,12 @@
-"""Training throughput of the sample-quality classifier in its two memory layouts.
+"""Training throughput of the sample-quality classifier: its memory layouts and its precisions.
 
-:func:`vae.classifier.train_classifier` trains in channels-last (NHWC) layout; this measures
-what that buys over PyTorch's default (NCHW) on this machine. Both train the same network
-(same initial weights, Adam, batch size, images) one epoch per round, taking turns for
-``--rounds`` rounds so that a slow spell of a shared machine hits both alike; prints the
-median images/s of each and the ratio.
+:func:`vae.classifier.train_classifier` trains in channels-last (NHWC) layout, under bf16 autocast
+where ``classifier.precision`` resolves to bf16 (a CPU with native bf16); this measures what each
+buys on this machine: PyTorch's default (NCHW, fp32), channels-last fp32, and channels-last bf16
+(where the CPU has native bf16). Each trains the same network (same initial weights, Adam, batch
+size, images) one epoch per round, taking turns for ``--rounds`` rounds so that a slow spell of a
+shared machine hits all alike, with the classifier stage's allocator setting; prints the median
+images/s of each and the ratios.
 
     FASHION_MNIST_DIR=… python benchmarks/classifier_throughput.py [--images 12000] [--rounds 3]
 """
@@ -20,15 +22,19 @@ import torch
 from vae.classifier import ImageClassifier, train_classifier
 from vae.data import read_split, resolve_data_dir
 from vae.errors import run_command
+from vae.fast_cpu import keep_freed_memory
+from vae.trainer import native_bf16_cpu
 
-LAYOUTS = {"default (NCHW)": torch.contiguous_format, "channels-last (NHWC)": torch.channels_last}
+DEFAULT, CHANNELS_LAST, BF16 = "default (NCHW, fp32)", "channels-last, fp32", "channels-last, bf16"
+SETTINGS = {DEFAULT: (torch.contiguous_format, "fp32"), CHANNELS_LAST: (torch.channels_last, "fp32")}
 
 
-def images_per_second(layout: torch.memory_format, images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+def images_per_second(setting: tuple[torch.memory_format, str], images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    layout, precision = setting
     torch.manual_seed(0)
     model = ImageClassifier()
     started = time.perf_counter()
-    train_classifier(model, images, labels, epochs=1, lr=1e-3, batch_size=batch, seed=0, memory_format=layout)
+    train_classifier(model, images, labels, 1, 1e-3, batch, 0, memory_format=layout, precision=precision)
     return len(images) / (time.perf_counter() - started)
 
 
@@ -38,18 +44,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    keep_freed_memory()  # as the classifier stage's entry point does
     train = read_split(resolve_data_dir(), "train", limit=args.images)
-    threads, isa = torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()
-    print(f"classifier training, {len(train)} images, batch {args.batch_size}, {threads} threads, {isa}")
-    speeds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    threads, isa, native = torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), native_bf16_cpu()
+    settings = SETTINGS | ({BF16: (torch.channels_last, "bf16")} if native else {})
+    bf16 = "native bf16" if native else "no native bf16: bf16 not timed"
+    print(f"classifier training, {len(train)} images, batch {args.batch_size}, {threads} threads, {isa}, {bf16}")
+    speeds: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(args.rounds):
-        for name, layout in LAYOUTS.items():
-            speeds[name].append(images_per_second(layout, train.images, train.labels, args.batch_size))
+        for name, setting in settings.items():
+            speeds[name].append(images_per_second(setting, train.images, train.labels, args.batch_size))
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, median in medians.items():
         print(f"  {name:22} {median:8.0f} images/s")
-    ratio = medians["channels-last (NHWC)"] / medians["default (NCHW)"]
-    print(f"  channels-last / default: {ratio:.2f}x")
+    print(f"  channels-last / default: {medians[CHANNELS_LAST] / medians[DEFAULT]:.2f}x")
+    if BF16 in medians:
+        print(f"  bf16 / fp32 (channels-last): {medians[BF16] / medians[CHANNELS_LAST]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,19 @@ repository and runs each stage alone, in order, as ``dvc repro -s STAGE`` (prepa
 classifier, evaluate, generate), timing each from start to exit. Then, in this process, on the
 model and data that pipeline made, it times the pieces of the evaluate stage's work on the
 validation and test splits (the IW bound, NELBO, latent means, k-NN, Fréchet features), and the IW
-bound's decoder passes per second two ways: the pipeline's path (``evaluate.precision``, as
-resolved here, in passes of ``evaluate.batch_size`` decodes) and the fp32 path of before (noise and
-decodes in blocks of 512). Prints one table with the CPU, its vector instructions and the
+bound's decoder passes per second two ways, in this process, with the evaluate stage's allocator
+setting: the pipeline's path (``evaluate.precision``, as resolved here, in passes of up to
+``IW_PASS`` decodes, one per core) and the fp32 path of before (benchmarks/iw_before.py: blocks of 512
+decodes, one at a time). Prints one table with the CPU, its vector instructions and the
 precision; ``--json`` prints the same as one JSON object (``stages``: stage → seconds,
 ``evaluate_split``, ``iw_speedup``).
 
     FASHION_MNIST_DIR=… python benchmarks/pipeline_times.py [--set epochs=1 …] [--json]
 
 ``--set KEY=VALUE`` changes a params.yaml key in the copy (quick runs); without it, the default
-pipeline, as `dvc repro` runs it.
+pipeline, as `dvc repro` runs it. ``--stages-only`` times the stages and stops: to time an older
+checkout's stages, copy this folder's scripts into it and run them there with ``PYTHONPATH`` set to
+its root (its ``vae``, not the installed one).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 import yaml
 from copies import project_copy  # benchmarks/copies.py
+from iw_before import iw_as_before  # benchmarks/iw_before.py
 from machine import cpu_name  # benchmarks/machine.py: run as scripts, beside it
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,10 +114,12 @@ def evaluate_work(root: Path, iw_images: int) -> tuple[dict[str, float], dict[st
     images = splits[-1].images[:iw_images]
     decodes = len(images) * cfg.iw_samples
     speed = {}
-    for path, options in (("before: fp32", {}), ("pipeline", iw_options)):
-        noise = torch.Generator().manual_seed(cfg.seed)
-        seconds = timed(importance_weighted_log_likelihood, model, images, cfg.iw_samples, generator=noise, **options)
-        speed[path] = decodes / seconds[1]
+    paths = {
+        "before: fp32": lambda noise: iw_as_before(model, images, cfg.iw_samples, noise),
+        "pipeline": lambda noise: importance_weighted_log_likelihood(model, images, cfg.iw_samples, generator=noise, **iw_options),
+    }
+    for path, estimate in paths.items():
+        speed[path] = decodes / timed(estimate, torch.Generator().manual_seed(cfg.seed))[1]
     return pieces, speed, precision
 
 
@@ -122,35 +128,46 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml change")
     parser.add_argument("--iw-images", type=int, default=2000, help="test images of the IW speed comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--stages-only", action="store_true", help="time the stages alone (an older checkout: PYTHONPATH=its root)"
+    )
     args = parser.parse_args()
+    from vae.fast_cpu import keep_freed_memory
     from vae.trainer import native_bf16_cpu
 
+    keep_freed_memory()  # as the evaluate stage's entry point does: both IW paths are timed with it
     with tempfile.TemporaryDirectory(prefix="vae-pipeline-bench-") as tmp:
         root = Path(tmp) / "project"
         project_copy(root, {k: yaml.safe_load(v) for k, v in (change.split("=", 1) for change in args.set)})
         stages = time_stages(root)
-        pieces, speed, precision = evaluate_work(root, args.iw_images)
-    ratio = speed["pipeline"] / speed["before: fp32"]
+        if not args.stages_only:
+            pieces, speed, precision = evaluate_work(root, args.iw_images)
     machine = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "isa": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": native_bf16_cpu(),
-        "evaluate_precision": precision,
         "torch": torch.__version__,
     }
+    result = {"stages": stages, "machine": machine, "set": args.set}
+    if not args.stages_only:
+        ratio = speed["pipeline"] / speed["before: fp32"]
+        machine["evaluate_precision"] = precision
+        result |= {"evaluate_split": pieces, "iw_passes_per_s": speed, "iw_speedup": ratio}
     if args.json:
-        result = {"stages": stages, "evaluate_split": pieces, "iw_passes_per_s": speed, "iw_speedup": ratio}
-        print(json.dumps(result | {"machine": machine, "set": args.set}))
+        print(json.dumps(result))
         return
     bf16 = "native bf16" if machine["native_bf16"] else "no native bf16"
     print(f"{machine['cpu']}, {machine['cores']} cores, {machine['isa']}, {bf16}; torch {machine['torch']}")
-    print(f"evaluate.precision resolves to {precision}{'; params: ' + ' '.join(args.set) if args.set else ''}")
+    if args.set:
+        print(f"params: {' '.join(args.set)}")
     print(f"{'stage':<12}{'seconds':>9}")
     for stage, seconds in stages.items():
         print(f"{stage:<12}{seconds:9.1f}")
     print(f"{'total':<12}{sum(stages.values()):9.1f}")
-    print("evaluate's work, validation + test, timed in this process:")
+    if args.stages_only:
+        return
+    print(f"evaluate.precision resolves to {precision}; evaluate's work, validation + test, timed in this process:")
     for piece, seconds in pieces.items():
         print(f"  {piece:<18}{seconds:7.1f} s")
     from vae.pipeline.evaluate import IW_PASS
@@ -158,7 +175,7 @@ def main() -> None:
     before, now = speed["before: fp32"], speed["pipeline"]
     print(
         f"IW bound on {args.iw_images} test images: {now:,.0f} decoder passes/s ({precision}, up to {IW_PASS:,} "
-        f"a pass) against {before:,.0f} (fp32, 512 a pass, as before): {ratio:.2f}x"
+        f"a pass, one pass per core) against {before:,.0f} (fp32, 512 a pass, as before): {ratio:.2f}x"
     )
 
 

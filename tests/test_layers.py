@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.fast_cpu import Conv2d, ConvTranspose2d, enable, with_torch_nn_layers
+from vae import fast_cpu
+from vae.fast_cpu import Conv2d, ConvTranspose2d, ReLU, enable, map_per_core, with_torch_nn_layers
 from vae.loss import vae_loss_from_logits
 from vae.model import VAE
 from vae.trainer import resolve_precision
@@ -73,7 +74,7 @@ def test_enable_and_undo_keep_weights_keys_and_function() -> None:
     stock.load_state_dict(ours.state_dict())
     assert list(stock.state_dict()) == list(ours.state_dict())
     kinds = {type(m) for m in with_torch_nn_layers(enable(VAE(latent_dim=3))).modules()}
-    assert nn.ConvTranspose2d in kinds and ConvTranspose2d not in kinds and Conv2d not in kinds
+    assert nn.ConvTranspose2d in kinds and ConvTranspose2d not in kinds and Conv2d not in kinds and ReLU not in kinds
     z = torch.randn(5, 3)
     torch.testing.assert_close(ours.decode(z), stock.decode(z), rtol=1e-5, atol=1e-6)
 
@@ -118,3 +119,46 @@ def test_frozen_weights_get_no_gradient_and_inputs_still_do() -> None:
     layer(x).sum().backward()
     assert layer.weight.grad is None and layer.bias.grad is None
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_inference_in_bf16_fuses_the_decoders_relus_and_gives_the_same_images() -> None:
+    """Without gradients, under CPU bf16 autocast, the decoder's transposed convolutions apply the ReLU after
+    them in oneDNN's kernel: the same logits as the layers one by one. A ReLU given any other tensor clamps it."""
+    torch.manual_seed(0)
+    model = enable(VAE(latent_dim=2)).eval()
+    relus = [m for m in model.decoder.deconv if isinstance(m, nn.ReLU)]
+    assert [type(m) for m in relus] == [nn.ReLU, ReLU, ReLU]  # the two after a transposed convolution
+    z = torch.randn(64, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode():
+            fused = model.decoder.logits(z)
+            after_first = model.decoder.deconv[:3](model.decoder.fc(z))  # ReLU, Unflatten, the transposed convolution
+            assert getattr(after_first, "_vae_relu_applied", False) == fast_cpu._FUSED_RELU  # oneDNN applied its ReLU
+        separate = model.decoder.logits(z)  # with gradients: the convolution and the ReLU one by one
+    torch.testing.assert_close(fused, separate.detach(), rtol=0, atol=0)
+    assert torch.equal(relus[1](torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+
+
+def test_map_per_core_keeps_the_order_draws_in_order_and_raises_the_first_failure() -> None:
+    drawn = []
+
+    def items():
+        for i in range(20):
+            drawn.append(i)
+            yield i
+
+    threads = torch.get_num_threads()
+    results = map_per_core(lambda i: (i, torch.get_num_threads()), items(), torch.device("cpu"))
+    first = next(results)
+    assert first == (0, 1 if threads > 1 else threads)  # a worker runs its item on one core
+    assert len(drawn) <= max(1, 2 * threads)  # items are taken a few ahead of their results, in order
+    assert [i for i, _ in results] == list(range(1, 20)) and drawn == list(range(20))
+    assert torch.get_num_threads() == threads  # the caller's thread keeps its count
+
+    def fail_at_3(i: int) -> int:
+        if i == 3:
+            raise MemoryError("out of memory at 3")
+        return i
+
+    with pytest.raises(MemoryError, match="at 3"):
+        list(map_per_core(fail_at_3, range(10), torch.device("cpu")))

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 import shutil
@@ -68,19 +69,11 @@ def test_iw_is_finite_for_saturated_outputs(tiny) -> None:
 
 
 def _iw_as_before(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator) -> float:
-    """The IW estimate as evaluate computed it before decode passes and bf16: 512 // K images at a time,
-    fp32, each chunk's noise (K, B, D) drawn from ``generator``, the decoder's plain logits."""
-    from vae.metrics import _log_likelihood, _log_normal
-
-    total = 0.0
-    with torch.inference_mode():
-        for chunk in x.split(max(1, 512 // k)):
-            mu, logvar = model.encode(chunk)
-            z = mu + (0.5 * logvar).exp() * torch.randn((k, *mu.shape), generator=generator)
-            logits = model.decoder.logits(z.flatten(0, 1)).unflatten(0, (k, len(chunk)))
-            log_w = _log_likelihood(logits, chunk) + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-            total += float((torch.logsumexp(log_w - _log_normal(z, mu, logvar), 0) - math.log(k)).double().sum())
-    return total / len(x)
+    """The IW estimate as evaluate computed it before decode passes and bf16 (benchmarks/iw_before.py)."""
+    spec = importlib.util.spec_from_file_location("iw_before", REPO / "benchmarks" / "iw_before.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.iw_as_before(model, x, k, generator)
 
 
 def test_the_iw_estimate_in_large_passes_and_bf16_is_the_one_of_before() -> None:

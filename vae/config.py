@@ -136,6 +136,7 @@ class ClassifierParams(_Section):
     seed: Annotated[int, Field(ge=0)]
     # the stage fails below this test accuracy; auto: the floor measured for the data set (none where unmeasured)
     min_accuracy: Literal["auto"] | Annotated[Number, Field(ge=0, le=1)]
+    precision: Literal[PRECISIONS]  # its training's arithmetic (see vae.trainer.resolve_precision)
 
 
 class GenerateParams(_Section):

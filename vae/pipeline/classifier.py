@@ -21,6 +21,7 @@ from vae.faults import Rerun
 from vae.pipeline import paths
 from vae.pipeline.runner import write_json
 from vae.storage import load_prepared
+from vae.trainer import resolve_precision
 from vae.utils import get_device, set_seed
 
 # what the classifier stage says after a fault of the machine (vae.faults)
@@ -43,9 +44,15 @@ def main() -> None:
     set_seed(cfg.seed)
     device = get_device(params.train.device)  # every stage computes where train.device says
     model = ImageClassifier(classes, train.channels).to(device)
-    losses = train_classifier(model, train.images, train.labels, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed)
+    precision = resolve_precision(cfg.precision, device)
+    losses = train_classifier(
+        model, train.images, train.labels, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, precision=precision
+    )
     test_accuracy = accuracy(model, test.images, test.labels)
-    print(f"classifier: train loss {losses[-1]:.4f}, test accuracy {test_accuracy:.4f} on {len(test)} images")
+    print(
+        f"classifier: train loss {losses[-1]:.4f}, test accuracy {test_accuracy:.4f} on {len(test)} images "
+        f"(trained in {precision})"
+    )
     write_json({"test_accuracy": test_accuracy, "train_loss": losses[-1]}, paths.CLASSIFIER_METRICS)
     floor = accuracy_floor(cfg.min_accuracy, train.dataset)
     if floor is None:
