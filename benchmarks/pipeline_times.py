@@ -79,9 +79,9 @@ def evaluate_work(root: Path, iw_images: int) -> tuple[dict[str, float], dict[st
     from vae import fast_cpu
     from vae.classifier import features, load_classifier
     from vae.config import load_params
-    from vae.generator import encode_means, generate_samples
+    from vae.generator import encode_means
     from vae.metrics import frechet_distance, importance_weighted_log_likelihood, knn_accuracy, negative_elbo
-    from vae.pipeline.evaluate import IW_PASS
+    from vae.pipeline.evaluate import IW_PASS, prior_sample_features
     from vae.storage import load_model, load_prepared
     from vae.trainer import resolve_precision
     from vae.utils import get_device
@@ -97,6 +97,7 @@ def evaluate_work(root: Path, iw_images: int) -> tuple[dict[str, float], dict[st
     splits = [load_prepared(prepared / f"{name}.pt") for name in ("val", "test") if (prepared / f"{name}.pt").exists()]
     pieces = dict.fromkeys(("IW bound", "NELBO", "latent means", "k-NN", "Fréchet features"), 0.0)
     train_means, pieces["latent means"] = timed(encode_means, model, train.images, cfg.batch_size)
+    sample_features, pieces["Fréchet features"] = timed(prior_sample_features, model, classifier, params, device)
     iw_options = {"precision": precision, "decodes_per_pass": IW_PASS}
     for split in splits:
         pieces["NELBO"] += timed(negative_elbo, model, split.images, cfg.batch_size, precision)[1]
@@ -106,10 +107,8 @@ def evaluate_work(root: Path, iw_images: int) -> tuple[dict[str, float], dict[st
         means, seconds = timed(encode_means, model, split.images, cfg.batch_size)
         pieces["latent means"] += seconds
         pieces["k-NN"] += timed(knn_accuracy, train_means, train.labels, means, split.labels, k=cfg.knn_k)[1]
-        codes = torch.Generator().manual_seed(cfg.seed)
         started = time.perf_counter()
-        samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=codes)
-        frechet_distance(features(classifier, samples), features(classifier, split.images))
+        frechet_distance(sample_features, features(classifier, split.images, cfg.batch_size))
         pieces["Fréchet features"] += time.perf_counter() - started
     images = splits[-1].images[:iw_images]
     decodes = len(images) * cfg.iw_samples

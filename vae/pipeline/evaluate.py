@@ -59,6 +59,7 @@ def evaluate_split(
     split: ImageSplit,
     params: Params,
     device: torch.device,
+    sample_features: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """The β-independent metrics of ``split``, and its latent means (N, latent_dim) for plotting.
 
@@ -72,7 +73,8 @@ def evaluate_split(
       (N_train, latent_dim) with ``train_labels`` (N_train,);
     - ``classifier_frechet_distance``: Fréchet distance between our classifier's features
       of evaluate.fd_samples prior samples (their codes drawn from a generator seeded with
-      evaluate.seed) and of the split's images (not an Inception FID).
+      evaluate.seed) and of the split's images (not an Inception FID); ``sample_features``, when
+      given, are those of the samples (:func:`prior_sample_features`: the same for every split).
 
     Data of one class has neither label-based metric (``knn_accuracy``, ``classifier_frechet_distance``;
     ``classifier`` is None): they are absent, not faked.
@@ -94,12 +96,20 @@ def evaluate_split(
     if classifier is None or len(split.class_names) < 2:
         return metrics, means
     metrics["knn_accuracy"] = knn_accuracy(train_means, train_labels, means, split.labels, k=cfg.knn_k)
+    if sample_features is None:
+        sample_features = prior_sample_features(model, classifier, params, device)
+    split_features = features(classifier, split.images, cfg.batch_size)
+    metrics["classifier_frechet_distance"] = frechet_distance(sample_features, split_features)
+    return metrics, means
+
+
+def prior_sample_features(model: VAE, classifier: ImageClassifier, params: Params, device: torch.device) -> torch.Tensor:
+    """The classifier's features (evaluate.fd_samples, 128) of as many prior samples, their codes drawn
+    from a generator seeded with evaluate.seed: the Fréchet distance's samples, the same for every split."""
+    cfg = params.evaluate
     fd_codes = torch.Generator().manual_seed(cfg.seed)
     samples = generate_samples(model, cfg.fd_samples, model.latent_dim, device, generator=fd_codes)
-    metrics["classifier_frechet_distance"] = frechet_distance(
-        features(classifier, samples, cfg.batch_size), features(classifier, split.images, cfg.batch_size)
-    )
-    return metrics, means
+    return features(classifier, samples, cfg.batch_size)
 
 
 def evaluate_model(
@@ -120,8 +130,12 @@ def evaluate_model(
         set_seed(params.evaluate.seed)  # the losses sample z, as in training
         batches = TensorBatches(splits["test"].images, params.evaluate.batch_size, shuffle=False, device=device)
         metrics |= evaluate_vae(model, batches, device, params.beta).as_dict("test_")
+    labelled = classifier is not None and len(train.class_names) > 1
+    samples = prior_sample_features(model, classifier, params, device) if labelled else None  # once for all splits
     for name, split in splits.items():
-        split_metrics, means[name] = evaluate_split(model, classifier, train_means, train.labels, split, params, device)
+        split_metrics, means[name] = evaluate_split(
+            model, classifier, train_means, train.labels, split, params, device, sample_features=samples
+        )
         metrics |= {f"{name}_{key}": value for key, value in split_metrics.items()}
     return metrics, means
 
