@@ -100,6 +100,29 @@ def test_the_iw_estimate_in_large_passes_and_bf16_is_the_one_of_before() -> None
     assert bf16[0] == bf16[1] and abs(bf16[0] - before) < 0.05
 
 
+def test_the_iw_estimate_is_the_same_on_one_core_as_on_several() -> None:
+    """The passes run one per core (vae.fast_cpu.map_per_core), their noise drawn in order and their sums
+    added in order: one thread, which runs them one after another, gives the same number."""
+    from vae import fast_cpu
+
+    torch.manual_seed(0)
+    model = fast_cpu.enable(VAE(latent_dim=2)).eval()
+    x = torch.rand(23, 1, 32, 32)
+    threads = torch.get_num_threads()
+    estimates = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for precision in ("fp32", "bf16"):
+                noise = torch.Generator().manual_seed(7)
+                estimates[count, precision] = importance_weighted_log_likelihood(
+                    model, x, 50, generator=noise, precision=precision, decodes_per_pass=100
+                )
+    finally:
+        torch.set_num_threads(threads)
+    assert estimates[1, "fp32"] == estimates[2, "fp32"] and estimates[1, "bf16"] == estimates[2, "bf16"], estimates
+
+
 def test_active_units_counts_dimensions_the_encoder_uses() -> None:
     torch.manual_seed(0)
     model = VAE(latent_dim=4).eval()
