@@ -34,7 +34,9 @@ def images_per_second(setting: tuple[torch.memory_format, str], images: torch.Te
     torch.manual_seed(0)
     model = ImageClassifier()
     started = time.perf_counter()
-    train_classifier(model, images, labels, 1, 1e-3, batch, 0, memory_format=layout, precision=precision)
+    train_classifier(
+        model, images, labels, epochs=1, lr=1e-3, batch_size=batch, seed=0, memory_format=layout, precision=precision
+    )
     return len(images) / (time.perf_counter() - started)
 
 

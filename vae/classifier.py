@@ -86,10 +86,11 @@ def train_classifier(
 ) -> list[float]:
     """Train with Adam and cross-entropy; returns the mean training loss of each epoch.
 
-    ``memory_format``: the weights' layout while training. Channels-last trains 1.43x the images/s of
-    PyTorch's default (``torch.contiguous_format``) on a 2-core AVX-512 CPU, in float32 alike.
-    ``precision`` "bf16": the forward pass under bf16 autocast (float32 weights and optimiser), 1.25x
-    the images/s of "fp32" on a CPU with native bf16 (benchmarks/classifier_throughput.py measures both).
+    ``memory_format``: the weights' layout while training. Channels-last trains 1.16-1.43x the images/s
+    of PyTorch's default (``torch.contiguous_format``) on a 2-core AVX-512 CPU, in float32 alike.
+    ``precision`` "bf16": the forward pass under bf16 autocast (float32 weights and optimiser), 0.95-1.3x
+    the images/s of "fp32" on a CPU with native bf16, run to run (benchmarks/classifier_throughput.py
+    measures both; docs/performance.md).
     """
     device = model_device(model)
     model.to(memory_format=memory_format)

@@ -34,7 +34,7 @@ evaluate stages, the benchmarks) calls it, never library code.
 
 :func:`map_per_core` runs independent inference passes side by side, one per
 core, instead of one at a time on all of them: the passes never wait for each
-other between layers (two cores, the IW bound's decoder passes: about 10% more
+other between layers (two cores, the IW bound's decoder passes: about 6% more
 per second than one pass on both; ``benchmarks/pipeline_times.py``).
 """
 

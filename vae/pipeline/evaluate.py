@@ -42,7 +42,7 @@ SPLIT_METRICS = (
     "classifier_frechet_distance",
 )
 # decodes per decoder pass of the IW bound: changes no number, only how much is decoded at once (vae.metrics)
-IW_PASS = 1000  # the fastest measured on a 2-core AVX512-BF16 CPU: larger passes leave the cache (500-10,000)
+IW_PASS = 1000  # the fastest measured on a 2-core AVX512-BF16 CPU, one pass per core (500-2,000 tried)
 # the training objective with the configured β, on test (train.json has validation's, per epoch)
 LOSS_NAMES = ("test_loss", "test_reconstruction_loss", "test_kl_loss")
 
