@@ -123,6 +123,57 @@ def test_the_iw_estimate_is_the_same_on_one_core_as_on_several() -> None:
     assert estimates[1, "fp32"] == estimates[2, "fp32"] and estimates[1, "bf16"] == estimates[2, "bf16"], estimates
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_bf16_log_likelihood_in_phase_order_is_that_of_the_assembled_images(channels: int) -> None:
+    """vae.fast_likelihood sums the last layer straight into the output's phase planes and the pixels' log-likelihood
+    in another order and by another formula: the same numbers as the layer's own output (vae.fast_cpu's, under bf16
+    autocast) and the float32 formula, up to float rounding, for grey and colour images, pixels at 0 and 1 included."""
+    from vae import fast_cpu, fast_likelihood
+    from vae.metrics import _log_likelihood
+
+    torch.manual_seed(0)
+    model = fast_cpu.enable(VAE(latent_dim=2, input_channels=channels)).eval()
+    with torch.no_grad():
+        model.decoder.deconv[-1].bias.fill_(-1.0)  # logits of both signs, some far from 0
+        model.decoder.deconv[-1].weight.mul_(20)
+    z = torch.randn(7, 4, 2) * 3  # (K, B, latent_dim)
+    x = torch.rand(4, channels, 32, 32)
+    x[0, :, :8] = 0.0
+    x[1, :, :8] = 1.0
+    with torch.inference_mode():
+        got = fast_likelihood.log_likelihood(model.decoder, z, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model.decoder.deconv[:-1](model.decoder.fc(z.flatten(0, 1)))
+            assembled = model.decoder.deconv[-1](hidden).float()
+        planes = fast_likelihood._phase_logits(model.decoder.deconv[-1], hidden)
+        want = _log_likelihood(assembled.unflatten(0, (7, 4)), x)
+    assert got.shape == (7, 4) and assembled.abs().max() > 10
+    as_planes = assembled.unflatten(2, (16, 2)).unflatten(4, (16, 2)).permute(0, 1, 3, 5, 2, 4)
+    assert torch.allclose(planes, as_planes, atol=1e-4)  # plane (a, b) holds the pixels (2i + a, 2j + b)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-3), (got - want).abs().max()
+
+
+def test_the_phase_planes_are_only_for_the_decoders_last_layer_geometry() -> None:
+    from torch import nn
+
+    from vae import fast_likelihood
+
+    with pytest.raises(ValueError, match="3x3, stride-2"):
+        fast_likelihood._phase_logits(nn.ConvTranspose2d(32, 1, 3, stride=1, padding=1), torch.rand(2, 32, 16, 16))
+
+
+def test_the_bf16_log_likelihood_keeps_to_the_tensors_device() -> None:
+    """Nothing in it leaves the device (no .item(), no CPU tensor): it runs on the meta device, shapes alone."""
+    from vae import fast_likelihood
+
+    conv = VAE(latent_dim=2, input_channels=3).decoder.deconv[-1].to("meta")
+    hidden = torch.empty(6, 32, 16, 16, device="meta", dtype=torch.bfloat16)
+    planes = fast_likelihood._phase_logits(conv, hidden)
+    images = fast_likelihood._in_phase_order(torch.empty(2, 3, 32, 32, device="meta"))
+    log_p = fast_likelihood._bernoulli_log_likelihood(planes.flatten(1).unflatten(0, (3, 2)), images)
+    assert planes.shape == (6, 3, 2, 2, 16, 16) and log_p.shape == (3, 2) and log_p.device.type == "meta"
+
+
 def test_active_units_counts_dimensions_the_encoder_uses() -> None:
     torch.manual_seed(0)
     model = VAE(latent_dim=4).eval()
@@ -142,6 +193,14 @@ def test_knn_accuracy_on_separated_clusters() -> None:
     test = centres[test_y] + 0.5 * torch.randn(60, 2)
     assert knn_accuracy(train, train_y, test, test_y, k=5) == 1.0
     assert knn_accuracy(train, train_y, test, (test_y + 1) % 3, k=5) == 0.0
+
+
+def test_knn_accuracy_does_not_depend_on_how_many_queries_are_computed_at_once() -> None:
+    torch.manual_seed(0)
+    train, train_y = torch.randn(3000, 2), torch.randint(0, 4, (3000,))  # overlapping classes: a vote that can err
+    test, test_y = torch.randn(700, 2), torch.randint(0, 4, (700,))
+    accuracies = {chunk: knn_accuracy(train, train_y, test, test_y, k=5, chunk=chunk) for chunk in (None, 1, 128, 1024)}
+    assert len(set(accuracies.values())) == 1 and 0.1 < accuracies[None] < 0.9, accuracies
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_with_noise_large() -> None:
