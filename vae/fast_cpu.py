@@ -64,6 +64,16 @@ def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
     )
 
 
+def transposed_columns(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A transposed convolution's columns: each input pixel times the kernel, before the overlap-add.
+
+    x: (B, C_in, H, W); weight: (C_in, C_out, kH, kW), in x's dtype, used as a 1×1 convolution to
+    C_out·kH·kW channels. Returns (B, C_out·kH·kW, H, W), channel c·kH·kW + i·kW + j for output
+    channel c and kernel position (i, j).
+    """
+    return torch.nn.functional.conv2d(x, weight.flatten(1).t()[:, :, None, None])
+
+
 def _overlap_add(columns: torch.Tensor, kernel: _Pair, stride: _Pair, padding: _Pair, size: _Pair) -> torch.Tensor:
     """Sum each input pixel's ``kH×kW`` patch onto the output grid: a transposed convolution's scatter.
 
@@ -103,12 +113,9 @@ class _Convolution(torch.autograd.Function):
         ctx.geometry = (list(stride), list(padding), [1, 1], transposed, list(output_padding), 1)
         out_channels, kh, kw = weight.shape[1:] if transposed else (0, 0, 0)
         if transposed and out_channels * kh * kw <= x.shape[1]:
-            # weight (C_in, C_out, kH, kW) as a 1x1 convolution to C_out·kH·kW columns
-            as_1x1 = weight_c.flatten(1).t()[:, :, None, None]
             height = (x.shape[2] - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
             width = (x.shape[3] - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
-            columns = torch.nn.functional.conv2d(x_c, as_1x1)
-            out = _overlap_add(columns, (kh, kw), stride, padding, (height, width))
+            out = _overlap_add(transposed_columns(x_c, weight_c), (kh, kw), stride, padding, (height, width))
             return out if bias is None else out + bias[:, None, None]  # float32: no need to round the sums
         bias_c = None if bias is None else bias.to(dtype)
         return torch.ops.aten.convolution(x_c, weight_c, bias_c, *ctx.geometry)
@@ -256,4 +263,13 @@ def map_per_core(work: Callable[[_Item], _Result], items: Iterable[_Item], devic
                 future.cancel()
 
 
-__all__ = ["Conv2d", "ConvTranspose2d", "ReLU", "enable", "keep_freed_memory", "map_per_core", "with_torch_nn_layers"]
+__all__ = [
+    "Conv2d",
+    "ConvTranspose2d",
+    "ReLU",
+    "enable",
+    "keep_freed_memory",
+    "map_per_core",
+    "transposed_columns",
+    "with_torch_nn_layers",
+]

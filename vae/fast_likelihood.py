@@ -7,7 +7,7 @@ convolutions. So, under bf16 (the figures below: one core of a 2-core AVX512-BF1
 decodes of the default model; ``benchmarks/pipeline_times.py`` prints the bound's passes per second):
 
 - The last transposed convolution (32 → C channels, 3×3, stride 2) is a 1×1 convolution to C·9
-  columns, as in :mod:`vae.fast_cpu`, whose columns are summed in float32 straight into the
+  columns (:func:`vae.fast_cpu.transposed_columns`), summed in float32 straight into the
   output's four phase planes (even or odd rows × even or odd columns, each 16×16): no canvas to
   clear, crop and copy. The images are put in the same order once per pass (B images, not K·B
   decodes).
@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vae.fast_cpu import transposed_columns
 from vae.model import VariationalDecoder
 
 _GROUP = 64  # terms per product: (1 + e^−|l|) ≤ 2, so a product stays ≤ 2^64, far inside float32
@@ -58,7 +58,7 @@ def _phase_logits(conv: nn.ConvTranspose2d, hidden: torch.Tensor) -> torch.Tenso
     geometry = (conv.kernel_size, conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups)
     if geometry != ((3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1):
         raise ValueError(f"phase planes need a 3x3, stride-2 transposed convolution, got {conv}")
-    columns = F.conv2d(hidden.to(torch.bfloat16), conv.weight.to(torch.bfloat16).flatten(1).t()[:, :, None, None])
+    columns = transposed_columns(hidden.to(torch.bfloat16), conv.weight.to(torch.bfloat16))
     columns = columns.unflatten(1, (-1, 3, 3))  # (N, C, kH, kW, H, W), a view of any memory layout
     height, width = hidden.shape[2:]
     planes = hidden.new_empty((len(hidden), columns.shape[1], 2, 2, height, width), dtype=torch.float32)
