@@ -93,7 +93,7 @@ def evaluate_split(
     )
     means = encode_means(model, split.images, cfg.batch_size)
     metrics["active_units"] = active_units(means)
-    if classifier is None or len(split.class_names) < 2:
+    if not has_label_metrics(classifier, split):
         return metrics, means
     metrics["knn_accuracy"] = knn_accuracy(train_means, train_labels, means, split.labels, k=cfg.knn_k)
     if sample_features is None:
@@ -103,7 +103,15 @@ def evaluate_split(
     return metrics, means
 
 
-def prior_sample_features(model: VAE, classifier: ImageClassifier, params: Params, device: torch.device) -> torch.Tensor:
+def has_label_metrics(classifier: ImageClassifier | None, split: ImageSplit) -> bool:
+    """Whether ``split``'s data gets the label-based metrics (k-NN accuracy, classifier Fréchet distance):
+    it has two classes or more, and so a classifier (data of one class has neither)."""
+    return classifier is not None and len(split.class_names) > 1
+
+
+def prior_sample_features(
+    model: VAE, classifier: ImageClassifier, params: Params, device: torch.device
+) -> torch.Tensor:
     """The classifier's features (evaluate.fd_samples, 128) of as many prior samples, their codes drawn
     from a generator seeded with evaluate.seed: the Fréchet distance's samples, the same for every split."""
     cfg = params.evaluate
@@ -130,7 +138,7 @@ def evaluate_model(
         set_seed(params.evaluate.seed)  # the losses sample z, as in training
         batches = TensorBatches(splits["test"].images, params.evaluate.batch_size, shuffle=False, device=device)
         metrics |= evaluate_vae(model, batches, device, params.beta).as_dict("test_")
-    labelled = classifier is not None and len(train.class_names) > 1
+    labelled = has_label_metrics(classifier, train)
     samples = prior_sample_features(model, classifier, params, device) if labelled else None  # once for all splits
     for name, split in splits.items():
         split_metrics, means[name] = evaluate_split(
@@ -152,7 +160,7 @@ def main() -> None:
     model, _ = load_model(paths.MODEL, device, params.latent_dim, expected_channels=train.channels)
     fast_cpu.enable(model)
     classifier = load_classifier(paths.CLASSIFIER, device, expected_channels=train.channels)
-    if classifier is None or len(train.class_names) < 2:
+    if not has_label_metrics(classifier, train):
         print(f"evaluate: {train.dataset} has one class: no k-NN accuracy and no classifier Fréchet distance")
     training_run_id = read_run_id(paths.TRAIN_RUN_ID)
     check_tracking_store()  # before the work: an unreachable server fails in seconds
