@@ -1,5 +1,6 @@
 """vae.fast_cpu computes what torch.nn's convolutions compute, only faster on the CPU."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae import fast_cpu
+from vae.classifier import ImageClassifier
 from vae.fast_cpu import Conv2d, ConvTranspose2d, ReLU, enable, map_per_core, with_torch_nn_layers
 from vae.loss import vae_loss_from_logits
 from vae.model import VAE
@@ -63,6 +65,24 @@ def test_bf16_autocast_gives_bf16_outputs_and_float32_weight_gradients() -> None
         assert got[1].dtype == got[2].dtype == got[3].dtype == torch.float32
         for g, e in zip(got, expected):  # same values up to bf16 rounding (8 bits of mantissa)
             torch.testing.assert_close(g.float(), e.float(), rtol=0.02, atol=0.02 * e.abs().max().item())
+
+
+def test_the_classifiers_bias_free_convolutions_train_in_bf16_as_torch_nn_does() -> None:
+    """The classifier stage enables the fast layers: its convolutions have no bias and feed batch norm."""
+    torch.manual_seed(0)
+    reference = ImageClassifier(num_classes=4, in_channels=3)
+    ours = enable(copy.deepcopy(reference))
+    assert {type(m) for m in ours.modules()} >= {Conv2d} and ours.body[0].bias is None
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 4, (16,))
+    results = []
+    for model in (ours, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss, *(p.grad for p in model.parameters())))
+    assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
+    for got, expected in zip(*results):  # the same up to bf16 rounding
+        torch.testing.assert_close(got.float(), expected.float(), rtol=0.05, atol=0.05 * expected.abs().max().item())
 
 
 def test_enable_and_undo_keep_weights_keys_and_function() -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from vae.batches import TensorBatches
 from vae.errors import UserError
 from vae.storage import CheckpointError, _torch_load, atomic_torch_save
+from vae.trainer import make_optimizer
 from vae.utils import batch_images, evaluating, model_device
 
 FEATURES = 128
@@ -84,7 +85,8 @@ def train_classifier(
     memory_format: torch.memory_format = torch.channels_last,
     precision: str = "fp32",
 ) -> list[float]:
-    """Train with Adam and cross-entropy; returns the mean training loss of each epoch.
+    """Train with Adam (:func:`vae.trainer.make_optimizer`'s, fused) and cross-entropy; returns the mean
+    training loss of each epoch.
 
     ``memory_format``: the weights' layout while training. Channels-last trains 1.16-1.43x the images/s
     of PyTorch's default (``torch.contiguous_format``) on a 2-core AVX-512 CPU, in float32 alike.
@@ -94,7 +96,7 @@ def train_classifier(
     """
     device = model_device(model)
     model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr)
     batches = TensorBatches(images, batch_size, labels=labels, seed=seed, device=device)
     losses = []
     model.train()

@@ -7,6 +7,7 @@ label-based metric.
 
 from __future__ import annotations
 
+from vae import fast_cpu
 from vae.classifier import (
     ClassifierTooWeakError,
     ImageClassifier,
@@ -44,6 +45,7 @@ def main() -> None:
     set_seed(cfg.seed)
     device = get_device(params.train.device)  # every stage computes where train.device says
     model = ImageClassifier(classes, train.channels).to(device)
+    fast_cpu.enable(model)  # under CPU bf16, float32 weight gradients (a no-op in fp32 and on CUDA)
     precision = resolve_precision(cfg.precision, device)
     losses = train_classifier(
         model, train.images, train.labels, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, precision=precision
