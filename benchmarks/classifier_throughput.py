@@ -5,7 +5,7 @@ where ``classifier.precision`` resolves to bf16 (a CPU with native bf16), and th
 swaps in :mod:`vae.fast_cpu`'s convolutions (float32 weight gradients under bf16); this measures what
 each buys on this machine: PyTorch's default (NCHW, fp32), channels-last fp32, and, where the CPU has
 native bf16, channels-last bf16 with ``torch.nn``'s layers and with the stage's. Each trains the same
-network (same initial weights, fused Adam, batch size, images) one epoch per round, taking turns for
+network (same initial weights, Adam, batch size, images) one epoch per round, taking turns for
 ``--rounds`` rounds so that a slow spell of a shared machine hits all alike, with the classifier
 stage's allocator setting; prints the median images/s of each and the ratios.
 
@@ -27,7 +27,7 @@ from vae.fast_cpu import enable, keep_freed_memory
 from vae.trainer import native_bf16_cpu
 
 DEFAULT, CHANNELS_LAST = "default (NCHW, fp32)", "channels-last, fp32"
-BF16, STAGE = "channels-last, bf16", "bf16, vae.fast_cpu (stage)"
+BF16, STAGE = "channels-last, bf16", "bf16, fast_cpu (stage)"
 # (layout, precision, vae.fast_cpu's layers); the stage trains in fp32 with them where the CPU lacks native
 # bf16, the same arithmetic as CHANNELS_LAST (its layers are torch.nn's outside bf16 autocast)
 SETTINGS = {DEFAULT: (torch.contiguous_format, "fp32", False), CHANNELS_LAST: (torch.channels_last, "fp32", False)}

@@ -104,9 +104,9 @@ def configure_performance(device: torch.device, model: VAE | None = None) -> VAE
     return model
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam over ``model``'s parameters (the VAE's, the classifier's), in PyTorch's fused implementation
-    (one kernel per tensor instead of a dozen; the same updates up to float rounding)."""
+def make_optimizer(model: VAE, lr: float) -> torch.optim.Adam:
+    """Adam over ``model``'s parameters, in PyTorch's fused implementation (one kernel per
+    tensor instead of a dozen; the same updates up to float rounding)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
